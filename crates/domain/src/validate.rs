@@ -119,6 +119,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn each_rule_names_its_field() {
         let base = MarginOffer::example("a");
         assert_eq!(field_of(base.clone()), "<valid>");
