@@ -28,10 +28,10 @@ impl Timestamp {
         if !(0..NANOS_PER_SEC as i32).contains(&nanos) {
             return None;
         }
-        seconds
-            .checked_mul(NANOS_PER_SEC)
-            .and_then(|n| n.checked_add(i64::from(nanos)))
-            .map(Timestamp)
+        // i128: near i64::MIN, `seconds * 1e9` alone underflows although
+        // adding the (positive) nanos brings the sum back into range.
+        let total = i128::from(seconds) * i128::from(NANOS_PER_SEC) + i128::from(nanos);
+        i64::try_from(total).ok().map(Timestamp)
     }
 
     /// Splits into protobuf-style `(seconds, nanos)` with `0 <= nanos < 1e9`.
@@ -69,7 +69,15 @@ mod tests {
 
     #[test]
     fn parts_round_trip_including_negative() {
-        for t in [0, 1, -1, 1_700_000_000_123_456_789, -5 * NANOS_PER_SEC - 7] {
+        for t in [
+            0,
+            1,
+            -1,
+            1_700_000_000_123_456_789,
+            -5 * NANOS_PER_SEC - 7,
+            i64::MIN,
+            i64::MAX,
+        ] {
             let (s, n) = Timestamp(t).to_parts();
             assert!((0..1_000_000_000).contains(&n));
             assert_eq!(Timestamp::from_parts(s, n), Some(Timestamp(t)));

@@ -501,25 +501,12 @@ pub fn plan_overwrite(
             }
         };
         let existing = scope.remove(&offer.id);
-        if existing.is_none() && filter.is_some() && lookup(&offer.id)?.is_some() {
-            let e = BulkError {
-                index,
-                id: offer.id.clone(),
-                message: format!(
-                    "id: {:?} exists outside the overwrite scope; an overwrite never touches offers outside its scope",
-                    offer.id
-                ),
-                code: crate::error::ErrorCode::AlreadyExists,
-            };
-            if errors.push(e) {
-                break;
-            }
-            continue;
-        }
         let id = offer.id.clone();
         match stamp(offer, existing.as_ref(), now) {
             None => outcome.unchanged_count += 1,
             Some(stored) => {
+                // The filter check comes first: an offer outside the filter
+                // is INVALID_ARGUMENT whether or not its id exists elsewhere.
                 if let Some(f) = &filter
                     && !f.matches(&stored)
                 {
@@ -528,6 +515,20 @@ pub fn plan_overwrite(
                         &id,
                         &FieldError::new("filter", "offer does not match the overwrite filter"),
                     );
+                    if errors.push(e) {
+                        break;
+                    }
+                    continue;
+                }
+                if existing.is_none() && filter.is_some() && lookup(&id)?.is_some() {
+                    let e = BulkError {
+                        index,
+                        id: id.clone(),
+                        message: format!(
+                            "id: {id:?} exists outside the overwrite scope; an overwrite never touches offers outside its scope"
+                        ),
+                        code: crate::error::ErrorCode::AlreadyExists,
+                    };
                     if errors.push(e) {
                         break;
                     }
