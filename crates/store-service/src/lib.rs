@@ -1,1 +1,199 @@
-//! (in progress)
+//! The `marginoffer.v1.MarginOfferService` gRPC service over any
+//! [`SharedStore`], plus `grpc.health.v1.Health` and server reflection.
+//!
+//! - [`MarginOfferGrpc`]: the service; every RPC converts, calls the store,
+//!   converts back (conversions live in `offer_proto::convert`).
+//! - [`routes`]: the service, health and reflection as one set of routes.
+//! - [`serve`]: serves the routes on a listener until a shutdown future
+//!   resolves, then drains in-flight calls.
+//!
+//! Metadata understood on writes (all optional):
+//! - `x-change-source`: the origin recorded on change records (default `api`);
+//! - `x-operation-id`: the operation id of the write (default: a fresh uuid);
+//! - `x-validate-all: true` on `BulkUpdateMarginOffers`, whose request has no
+//!   `validate_all` field.
+//!
+//! Single-write responses carry `x-revision` (the commit's revision) as
+//! response metadata, since their messages have no revision field.
+
+mod service;
+mod subscribe;
+
+pub use offer_store::SharedStore;
+pub use service::MarginOfferGrpc;
+
+use offer_proto::pb;
+use offer_proto::pb::margin_offer_service_server::MarginOfferServiceServer;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Metadata key naming the writer (recorded as the change records' origin).
+pub const CHANGE_SOURCE_HEADER: &str = "x-change-source";
+/// Metadata key carrying the caller's operation id for a write.
+pub const OPERATION_ID_HEADER: &str = "x-operation-id";
+/// Metadata key carrying `validate_all` for `BulkUpdateMarginOffers`.
+pub const VALIDATE_ALL_HEADER: &str = "x-validate-all";
+
+/// Response metadata key carrying the revision of a single write.
+pub const REVISION_HEADER: &str = "x-revision";
+
+/// The fully qualified name of the service, as health and reflection know it.
+pub const SERVICE_NAME: &str = pb::margin_offer_service_server::SERVICE_NAME;
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Most offers (or ids) one unary bulk request may hold; the streamed
+    /// overwrite has no item limit.
+    pub max_bulk_items: usize,
+    /// Largest encoded message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// Reported by the `HealthCheck` RPC.
+    pub version: String,
+    /// How often a subscription receives a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How often a subscription polls the store's change log.
+    pub subscription_poll_interval: Duration,
+    /// How often `grpc.health.v1.Health` re-checks the store.
+    pub health_poll_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            max_bulk_items: 10_000,
+            // 10 000 offers encode to a few MiB; leave ample headroom.
+            max_message_bytes: 64 * 1024 * 1024,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            heartbeat_interval: Duration::from_secs(30),
+            subscription_poll_interval: Duration::from_millis(100),
+            health_poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The service, standard health and reflection (v1 and v1alpha), ready for
+/// `tonic::transport::Server::add_routes` or `Routes::into_axum_router`.
+///
+/// Health starts SERVING and follows `store.health_check()` via a background
+/// task on the current tokio runtime (none is spawned outside a runtime);
+/// the task ends once the store is dropped.
+pub fn routes(store: SharedStore, cfg: ServiceConfig) -> Routes {
+    // Nobody can ever trigger this stop signal: subscriptions then end only
+    // when their client goes away.
+    let stop = Arc::new(watch::channel(false).0);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(poll_health(
+                Arc::downgrade(&store),
+                reporter,
+                cfg.health_poll_interval,
+            ));
+        }
+        Err(_) => tracing::warn!("routes() called outside a tokio runtime; health is static"),
+    }
+    assemble(store, cfg, stop, health)
+}
+
+/// Serves [`routes`] on `listener` until `shutdown` resolves, then stops
+/// accepting, ends open subscriptions and waits for in-flight calls.
+pub async fn serve(
+    store: SharedStore,
+    cfg: ServiceConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let stop = Arc::new(watch::channel(false).0);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    // Report the named service before the first connection, so probes never
+    // see it missing.
+    set_health(&reporter, store.health_check().await.is_ok()).await;
+    tokio::spawn(poll_health(
+        Arc::downgrade(&store),
+        reporter,
+        cfg.health_poll_interval,
+    ));
+    let routes = assemble(store, cfg, stop.clone(), health);
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        // Small unary replies must not wait on Nagle's algorithm.
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            // Open subscriptions would otherwise hold the graceful drain forever.
+            stop.send_replace(true);
+        })
+        .await
+}
+
+fn assemble(
+    store: SharedStore,
+    cfg: ServiceConfig,
+    stop: Arc<watch::Sender<bool>>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Routes {
+    let max = cfg.max_message_bytes;
+    let svc = MarginOfferServiceServer::new(MarginOfferGrpc::with_stop(store, cfg, stop))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let mut routes = Routes::new(svc).add_service(health);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    match reflection().build_v1() {
+        Ok(v1) => routes = routes.add_service(v1),
+        Err(e) => tracing::error!("reflection v1 unavailable: {e}"),
+    }
+    match reflection().build_v1alpha() {
+        Ok(v1alpha) => routes = routes.add_service(v1alpha),
+        Err(e) => tracing::error!("reflection v1alpha unavailable: {e}"),
+    }
+    routes
+}
+
+async fn set_health(reporter: &HealthReporter, ok: bool) {
+    let status = if ok {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Follows the store's health; a `Weak` so the task ends with the store.
+async fn poll_health(
+    store: Weak<dyn offer_store::MarginOfferStore>,
+    reporter: HealthReporter,
+    every: Duration,
+) {
+    let mut last = None;
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        let ok = s.health_check().await.is_ok();
+        drop(s);
+        if last != Some(ok) {
+            if !ok {
+                tracing::warn!("store health check failed; reporting NOT_SERVING");
+            }
+            set_health(&reporter, ok).await;
+            last = Some(ok);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
