@@ -1,0 +1,179 @@
+//! Opening connections, pragmas and the versioned schema migrations.
+
+use crate::error::{map_err, unavailable_at};
+use offer_domain::StoreResult;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a connection waits on a lock held by another connection before
+/// reporting `Unavailable`; long enough to ride out a checkpoint.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The writer's page cache in KiB (SQLite's default is 2 MiB).
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+
+/// Prepared statements kept per connection: the list queries vary with the
+/// filters used, so the default of 16 would thrash.
+const STATEMENT_CACHE: usize = 128;
+
+/// The schema, one entry per version; `PRAGMA user_version` records how many
+/// have been applied. Append only: never edit an entry once released.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // v1: offers, the change log and the revision counter.
+    //
+    // WITHOUT ROWID clusters offers by id, which saves the separate primary
+    // key index and makes every secondary index end in id, so
+    // `(created_timestamp)` serves `ORDER BY created_timestamp, id`.
+    "
+    CREATE TABLE offers (
+        id TEXT PRIMARY KEY NOT NULL,
+        offer_type TEXT NOT NULL,
+        collateral_token TEXT NOT NULL,
+        borrow_token TEXT NOT NULL,
+        available_borrow_amount REAL NOT NULL,
+        max_open_ltv REAL NOT NULL,
+        liquidation_ltv REAL NOT NULL,
+        interest_rate REAL NOT NULL,
+        interest_model TEXT NOT NULL,
+        term_days INTEGER,
+        liquidity_source TEXT NOT NULL,
+        lender_address TEXT,
+        last_borrowed_timestamp INTEGER,
+        created_timestamp INTEGER NOT NULL,
+        updated_timestamp INTEGER NOT NULL,
+        source TEXT,
+        expires_at INTEGER
+    ) WITHOUT ROWID;
+    -- Few indexes on purpose: each one costs every write, and a 100k-offer
+    -- overwrite must stay well under a second. These serve the default sort
+    -- (created, then id), the backfiller's scope (source), the token-pair and
+    -- lender lookups; other filters and sorts scan, which is fine at the
+    -- book's size. Partial indexes skip the many NULLs.
+    CREATE INDEX offers_created ON offers (created_timestamp);
+    CREATE INDEX offers_source ON offers (source) WHERE source IS NOT NULL;
+    CREATE INDEX offers_pair ON offers (borrow_token, collateral_token);
+    CREATE INDEX offers_lender ON offers (lender_address) WHERE lender_address IS NOT NULL;
+
+    CREATE TABLE changes (
+        revision INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        change_type INTEGER NOT NULL,
+        timestamp INTEGER NOT NULL,
+        origin TEXT NOT NULL,
+        operation_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        offer_type TEXT NOT NULL,
+        collateral_token TEXT NOT NULL,
+        borrow_token TEXT NOT NULL,
+        available_borrow_amount REAL NOT NULL,
+        max_open_ltv REAL NOT NULL,
+        liquidation_ltv REAL NOT NULL,
+        interest_rate REAL NOT NULL,
+        interest_model TEXT NOT NULL,
+        term_days INTEGER,
+        liquidity_source TEXT NOT NULL,
+        lender_address TEXT,
+        last_borrowed_timestamp INTEGER,
+        created_timestamp INTEGER,
+        updated_timestamp INTEGER,
+        source TEXT,
+        PRIMARY KEY (revision, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('revision', 0), ('pruned_through', 0);
+    ",
+];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+fn common_pragmas(conn: &Connection, path: &Path) -> StoreResult<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| unavailable_at(path, &e))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+/// Opens the writer: creates the file, enables WAL and `synchronous=FULL`
+/// (a write acknowledged is a write on disk) and migrates the schema.
+pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            offer_domain::StoreError::Unavailable(format!(
+                "cannot create directory {} for the SQLite database: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn =
+        Connection::open_with_flags(path, flags).map_err(|e| unavailable_at(path, &e))?;
+    common_pragmas(&conn, path)?;
+    // The first statement reads the header, so a file that is not a database
+    // fails here, and the error should name the path.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| unavailable_at(path, &e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(offer_domain::StoreError::Unavailable(format!(
+            "SQLite database {}: cannot enable WAL mode (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    // A large page cache keeps big overwrites from spilling to the WAL and
+    // re-reading index pages mid-transaction.
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL; PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY"
+    ))
+        .map_err(|e| unavailable_at(path, &e))?;
+    migrate(&mut conn).map_err(|e| match e {
+        offer_domain::StoreError::Unavailable(m) | offer_domain::StoreError::Internal(m) => {
+            offer_domain::StoreError::Unavailable(format!(
+                "SQLite database {}: migration failed: {m}",
+                path.display()
+            ))
+        }
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+/// Opens one read-only connection; the writer must have created the schema.
+pub(crate) fn open_reader(path: &Path) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable_at(path, &e))?;
+    common_pragmas(&conn, path)?;
+    Ok(conn)
+}
+
+/// Applies every migration newer than the file's `user_version`, all in one
+/// immediate transaction so two processes opening a new file cannot both
+/// migrate it and a crash leaves the old version intact.
+pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(map_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(offer_domain::StoreError::Unavailable(format!(
+            "schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.execute_batch(sql).map_err(map_err)?;
+        tracing::info!(version = i + 1, "applied SQLite schema migration");
+    }
+    // PRAGMA takes no bound parameters; the value is our own constant.
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+        .map_err(map_err)?;
+    tx.commit().map_err(map_err)
+}

@@ -1,0 +1,409 @@
+//! SQLite-specific tests; the behaviour shared by all backends is checked by
+//! the conformance suite (`tests/conformance.rs`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use offer_domain::query::compare_offers;
+use offer_domain::{ChangeType, OfferType, SortField, SortOrder};
+use std::time::Instant;
+
+fn ctx() -> WriteContext {
+    WriteContext::new("test")
+}
+
+fn offer(i: usize) -> MarginOffer {
+    let mut o = MarginOffer::example(format!("offer-{i:05}"));
+    o.offer_type = OfferType::ALL[i % 3];
+    o.collateral_token = ["SOL", "ETH", "BTC", "sol"][i % 4].into();
+    o.borrow_token = ["USDC", "USDT"][i % 2].into();
+    o.available_borrow_amount = (i % 7) as f64 * 10.5;
+    o.interest_rate = (i % 11) as f64 / 100.0;
+    o.max_open_ltv = 0.5 + (i % 5) as f64 / 20.0;
+    o.liquidation_ltv = 0.9;
+    o.source = (!i.is_multiple_of(3)).then(|| format!("src-{}", i % 2));
+    o.lender_address = i.is_multiple_of(4).then(|| "lender".to_owned());
+    o
+}
+
+async fn open_temp() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("offers.db"))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+fn with_writer<T>(store: &SqliteStore, f: impl FnOnce(&Connection) -> T) -> T {
+    let guard = store.inner.writer.lock();
+    f(&guard.as_ref().unwrap().conn)
+}
+
+#[tokio::test]
+async fn data_and_revision_survive_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    // A missing parent directory is created.
+    let path = dir.path().join("nested/deeper/offers.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut o = offer(1);
+    o.term_days = Some(30);
+    o.last_borrowed_timestamp = Some(Timestamp(123));
+    let written = store.create(o, &ctx()).await.unwrap();
+    store.delete(&written.offer.id, &ctx()).await.unwrap();
+    let again = store.create(offer(1), &ctx()).await.unwrap();
+    let written = store.create_or_update(offer(2), &ctx()).await.unwrap();
+    assert_eq!(written.revision, 4);
+    store.close().await.unwrap();
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), 4);
+    assert_eq!(store.get("offer-00001").await.unwrap(), again.offer);
+    assert_eq!(store.get("offer-00002").await.unwrap(), written.offer);
+    let log = store.changes_since(0, 100).await.unwrap();
+    assert_eq!(log.head, 4);
+    let types: Vec<_> = log.changes.iter().map(|c| c.change_type).collect();
+    assert_eq!(
+        types,
+        [
+            ChangeType::Created,
+            ChangeType::Deleted,
+            ChangeType::Created,
+            ChangeType::Created
+        ]
+    );
+    assert_eq!(log.changes[1].offer.term_days, Some(30));
+    assert_eq!(
+        log.changes[1].offer.last_borrowed_timestamp,
+        Some(Timestamp(123))
+    );
+    assert!(log.changes.iter().all(|c| c.origin == "test"));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent() {
+    let (dir, store) = open_temp().await;
+    store.create(offer(1), &ctx()).await.unwrap();
+    // Running the migrations again on an up-to-date file changes nothing.
+    {
+        let mut guard = store.inner.writer.lock();
+        let conn = &mut guard.as_mut().unwrap().conn;
+        schema::migrate(conn).unwrap();
+        schema::migrate(conn).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, schema::SCHEMA_VERSION);
+    }
+    store.close().await.unwrap();
+    let store = SqliteStore::open(dir.path().join("offers.db"))
+        .await
+        .unwrap();
+    assert_eq!(store.revision().await.unwrap(), 1);
+    assert!(store.get("offer-00001").await.is_ok());
+    // A file from a newer build is refused rather than misread.
+    with_writer(&store, |c| {
+        c.execute_batch("PRAGMA user_version = 99").unwrap();
+    });
+    store.close().await.unwrap();
+    let err = SqliteStore::open(dir.path().join("offers.db"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable(m) if m.contains("newer")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn durability_pragmas_are_applied() {
+    let (_dir, store) = open_temp().await;
+    with_writer(&store, |c| {
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        // 2 = FULL
+        let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2);
+    });
+    // Readers see the WAL mode too (it is persistent in the file).
+    let mode = store
+        .read(|tx| {
+            tx.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+                .map_err(map_err)
+        })
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn change_log_is_pruned_and_old_revisions_are_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("offers.db");
+    let opts = SqliteOptions {
+        readers: 1,
+        change_log_retention: 3,
+    };
+    let store = SqliteStore::open_with(&path, opts.clone()).await.unwrap();
+    // Nothing pruned yet: from zero is fine even on an empty log.
+    assert!(store.changes_since(0, 10).await.unwrap().changes.is_empty());
+    for i in 0..10 {
+        store.create(offer(i), &ctx()).await.unwrap();
+    }
+    let batch = store.changes_since(7, 100).await.unwrap();
+    assert_eq!(
+        batch.changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        [8, 9, 10]
+    );
+    assert_eq!(batch.head, 10);
+    assert_eq!(
+        store.changes_since(6, 100).await.unwrap_err(),
+        StoreError::OutOfRange {
+            requested: 6,
+            oldest: 8
+        }
+    );
+    assert!(matches!(
+        store.changes_since(0, 100).await,
+        Err(StoreError::OutOfRange { .. })
+    ));
+    // Pruning is exact after a reopen and when the retained log is empty.
+    store.close().await.unwrap();
+    let store = SqliteStore::open_with(&path, opts).await.unwrap();
+    assert!(matches!(
+        store.changes_since(6, 100).await,
+        Err(StoreError::OutOfRange { oldest: 8, .. })
+    ));
+    with_writer(&store, |c| {
+        c.execute_batch("DELETE FROM changes").unwrap();
+    });
+    assert!(
+        store
+            .changes_since(10, 100)
+            .await
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+    assert!(matches!(
+        store.changes_since(6, 100).await,
+        Err(StoreError::OutOfRange { oldest: 8, .. })
+    ));
+}
+
+#[tokio::test]
+async fn change_batches_hold_whole_revisions() {
+    let (_dir, store) = open_temp().await;
+    store.create(offer(0), &ctx()).await.unwrap();
+    let out = store
+        .bulk_create(
+            (1..6).map(offer).collect(),
+            BulkCreateOptions::default(),
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.revision, 2);
+    store.create(offer(6), &ctx()).await.unwrap();
+    // The limit cuts revision 2: the batch stops before it.
+    let b = store.changes_since(0, 3).await.unwrap();
+    assert_eq!(b.changes.len(), 1);
+    // A single revision larger than the limit comes whole.
+    let b = store.changes_since(1, 2).await.unwrap();
+    assert_eq!(b.changes.len(), 5);
+    assert!(b.changes.iter().all(|c| c.revision == 2));
+    let op = &b.changes[0].operation_id;
+    assert!(!op.is_empty() && b.changes.iter().all(|c| &c.operation_id == op));
+    let b = store.changes_since(2, 2).await.unwrap();
+    assert_eq!(b.changes.len(), 1);
+    assert_eq!(b.head, 3);
+}
+
+#[tokio::test]
+async fn bad_paths_are_unavailable_and_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![b'x'; 8192]).unwrap();
+    let err = SqliteStore::open(&junk).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable(m) if m.contains("junk.db")),
+        "{err:?}"
+    );
+    // A parent that is a file cannot be created as a directory.
+    let under_file = junk.join("offers.db");
+    let err = SqliteStore::open(&under_file).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable(m) if m.contains("junk.db")),
+        "{err:?}"
+    );
+    // A directory is not a database file.
+    let err = SqliteStore::open(dir.path()).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn closed_store_is_unavailable() {
+    let (_dir, store) = open_temp().await;
+    store.health_check().await.unwrap();
+    store.close().await.unwrap();
+    let closed = StoreError::Unavailable("store is closed".into());
+    assert_eq!(store.health_check().await.unwrap_err(), closed);
+    assert_eq!(store.get("x").await.unwrap_err(), closed);
+    assert_eq!(store.create(offer(1), &ctx()).await.unwrap_err(), closed);
+    assert_eq!(store.revision().await.unwrap_err(), closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_create_or_update_creates_once() {
+    let (_dir, store) = open_temp().await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut o = offer(1);
+                o.interest_rate = i as f64 / 100.0;
+                store.create_or_update(o, &ctx()).await.unwrap()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        created += usize::from(t.await.unwrap().was_created);
+    }
+    assert_eq!(created, 1);
+}
+
+/// The SQL translation of filters, expiry, sorting and keyset paging agrees
+/// with the domain's reference semantics (`admits` + `compare_offers`).
+#[tokio::test]
+async fn listing_matches_the_reference_semantics() {
+    let (_dir, store) = open_temp().await;
+    let now = Timestamp::now();
+    let day = offer_domain::time::NANOS_PER_DAY;
+    let offers: Vec<MarginOffer> = (0..120)
+        .map(|i| {
+            let mut o = offer(i);
+            // Several share a creation time, so ties exercise the id order.
+            o.created_timestamp = Some(Timestamp(now.0 - (i as i64 % 9) * day));
+            o.term_days = i.is_multiple_of(5).then_some(3);
+            o
+        })
+        .collect();
+    store
+        .bulk_create(offers, BulkCreateOptions::default(), &ctx())
+        .await
+        .unwrap();
+    let all: Vec<MarginOffer> = store
+        .list(&ListQuery {
+            include_expired: true,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .offers;
+    assert_eq!(all.len(), 120);
+
+    let mut queries = Vec::new();
+    for by in SortField::ALL {
+        for order in [SortOrder::Asc, SortOrder::Desc] {
+            let mut q = ListQuery {
+                sort_by: by,
+                sort_order: order,
+                limit: 7,
+                ..Default::default()
+            };
+            queries.push(q.clone());
+            q.filter.borrow_token = Some("USDC".into());
+            q.active_only = true;
+            queries.push(q.clone());
+            q.filter.min_interest_rate = Some(0.02);
+            q.filter.max_max_open_ltv = Some(0.6);
+            q.include_expired = true;
+            q.filter.source = Some("src-1".into());
+            queries.push(q);
+        }
+    }
+    for q in queries {
+        let check_now = Timestamp::now();
+        let mut want: Vec<&MarginOffer> = all.iter().filter(|o| q.admits(o, check_now)).collect();
+        want.sort_by(|a, b| compare_offers(a, b, q.sort_by, q.sort_order));
+        let want: Vec<&str> = want.iter().map(|o| o.id.as_str()).collect();
+
+        let mut got = Vec::new();
+        let mut q2 = q.clone();
+        loop {
+            let page = store.list(&q2).await.unwrap();
+            assert_eq!(page.total as usize, want.len(), "{q:?}");
+            got.extend(page.offers.iter().map(|o| o.id.clone()));
+            match page.next_page_token {
+                Some(t) => q2.page_token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "{q:?}");
+        // Offset paging agrees too.
+        let mut q3 = q.clone();
+        q3.offset = 5;
+        let page = store.list(&q3).await.unwrap();
+        let ids: Vec<&str> = page.offers.iter().map(|o| o.id.as_str()).collect();
+        let end = (5 + 7).min(want.len());
+        assert_eq!(ids, want.get(5..end).unwrap_or_default(), "{q:?}");
+    }
+
+    let stats = store.stats(&StatsQuery::default()).await.unwrap();
+    let mut reference = Stats {
+        revision: 1,
+        ..Default::default()
+    };
+    for o in all.iter().filter(|o| !o.is_expired(Timestamp::now())) {
+        reference.add(o);
+    }
+    assert_eq!(stats, reference);
+}
+
+/// Run with `cargo test --release -p store-sqlite -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing; run in release mode"]
+async fn overwrite_100k_throughput() {
+    let (_dir, store) = open_temp().await;
+    let make = |generation: usize| -> Vec<MarginOffer> {
+        (0..100_000)
+            .map(|i| {
+                let mut o = offer(i);
+                o.source = Some("bench".into());
+                o.available_borrow_amount = (i + generation) as f64;
+                o
+            })
+            .collect()
+    };
+    let req = |offers| OverwriteRequest {
+        offers,
+        filter: Some(OverwriteFilter::source("bench")),
+        ..Default::default()
+    };
+    for (label, generation) in [("create", 0), ("update", 1), ("unchanged", 1)] {
+        let r = req(make(generation));
+        let t = Instant::now();
+        let out = store.overwrite(r, &ctx()).await.unwrap();
+        println!(
+            "overwrite 100k ({label}): {:?} created={} updated={} unchanged={}",
+            t.elapsed(),
+            out.created_ids.len(),
+            out.updated_ids.len(),
+            out.unchanged_count
+        );
+    }
+    let t = Instant::now();
+    let out = store
+        .overwrite(req(make(2).into_iter().take(50_000).collect()), &ctx())
+        .await
+        .unwrap();
+    println!(
+        "overwrite 100k (50k updated, 50k deleted): {:?} deleted={}",
+        t.elapsed(),
+        out.deleted_ids.len()
+    );
+}
