@@ -168,6 +168,7 @@ macro_rules! conformance_suite {
             stats::stats_conveniences,
             revisions::every_write_bumps_revision_once,
             revisions::changes_since_records,
+            revisions::change_batches_hold_whole_revisions,
             revisions::change_records_carry_origin_and_operation,
             revisions::health_check_ok,
         );

@@ -310,3 +310,27 @@ pub async fn health_check_ok(store: SharedStore) {
         .await
         .expect("health_check after a write");
 }
+
+/// `changes_since` never cuts a revision: a reader resumes from the last
+/// revision it saw, so a half-delivered revision would lose the rest.
+pub async fn change_batches_hold_whole_revisions(store: SharedStore) {
+    let r0 = revision(&store).await;
+    let five: Vec<MarginOffer> = (0..5).map(|i| offer(&format!("w{i}"))).collect();
+    store
+        .bulk_create(five, BulkCreateOptions::default(), &ctx())
+        .await
+        .expect("bulk_create");
+    store.create(offer("x"), &ctx()).await.expect("create");
+    let batch = store.changes_since(r0, 2).await.expect("changes_since");
+    assert_eq!(
+        batch.changes.len(),
+        5,
+        "one 5-change revision is returned whole"
+    );
+    assert!(batch.changes.iter().all(|c| c.revision == r0 + 1));
+    let rest = store.changes_since(r0 + 1, 2).await.expect("changes_since");
+    assert_eq!(rest.changes.len(), 1);
+    assert_eq!(rest.changes[0].revision, r0 + 2);
+    let all = store.changes_since(r0, 100).await.expect("changes_since");
+    assert_eq!(all.changes.len(), 6);
+}

@@ -493,12 +493,19 @@ impl MarginOfferStore for GrpcStore {
             match msg.event {
                 Some(Event::Change(c)) if c.change_type == 0 => {} // subscription marker
                 Some(Event::Change(c)) => {
-                    changes.push(cv::change_from_pb(c).map_err(bad_response)?);
-                    if changes.len() >= limit {
-                        // Cut short by `limit`: the head is still the store's revision.
+                    let change = cv::change_from_pb(c).map_err(bad_response)?;
+                    // Past `limit`, finish the current revision only: batches
+                    // end on revision boundaries, like the local stores'.
+                    let full = changes.len() >= limit;
+                    if full
+                        && changes
+                            .last()
+                            .is_some_and(|l| l.revision != change.revision)
+                    {
                         let last = changes.last().map_or(after, |c| c.revision);
                         break self.revision().await?.max(last);
                     }
+                    changes.push(change);
                 }
                 Some(Event::Heartbeat(h)) => break h.revision,
                 Some(Event::Error(e)) if e.error_code == "LAGGED" => {
@@ -516,7 +523,6 @@ impl MarginOfferStore for GrpcStore {
                 Some(Event::Error(_)) | None => {}
             }
         };
-        changes.truncate(limit);
         Ok(ChangeBatch { changes, head })
     }
 }

@@ -381,8 +381,24 @@ impl MarginOfferStore for MemoryStore {
             });
         }
         let start = state.changes.partition_point(|c| c.revision <= after);
+        // Batches end on a revision boundary: a reader resumes from the last
+        // revision it saw, so a cut revision would lose its remaining changes.
+        let mut end = start;
+        while end < state.changes.len() {
+            let rev = state.changes[end].revision;
+            let rev_end = end
+                + state
+                    .changes
+                    .range(end..)
+                    .take_while(|c| c.revision == rev)
+                    .count();
+            if end > start && rev_end - start > limit {
+                break;
+            }
+            end = rev_end;
+        }
         Ok(ChangeBatch {
-            changes: state.changes.range(start..).take(limit).cloned().collect(),
+            changes: state.changes.range(start..end).cloned().collect(),
             head: state.revision,
         })
     }

@@ -219,7 +219,7 @@ impl Subscriber {
 
     /// Sends every change the log holds after `last`, whole revisions at a time.
     async fn poll(&mut self, caught_up: &mut bool) -> Result<(), Gone> {
-        let mut page = PAGE;
+        let page = PAGE;
         loop {
             let batch = match self.store.changes_since(self.last, page).await {
                 Ok(b) => b,
@@ -244,21 +244,10 @@ impl Subscriber {
                         .await;
                 }
             };
+            // Batches hold whole revisions (the trait's contract), so
+            // resuming after the last one seen never skips part of one.
             let full = batch.changes.len() >= page;
-            let mut changes = batch.changes;
-            if full {
-                // The page may end inside a revision; hold that revision back
-                // so resuming "after last" never skips part of it.
-                let tail = changes.last().map(|c| c.revision);
-                let first = changes.first().map(|c| c.revision);
-                if tail == first {
-                    // One revision larger than the page: read it whole.
-                    page = page.saturating_mul(2);
-                    continue;
-                }
-                changes.retain(|c| Some(c.revision) != tail);
-            }
-            for c in changes {
+            for c in batch.changes {
                 self.last = self.last.max(c.revision);
                 if self.filter.matches(&c) {
                     self.send(Event::Change(cv::change_to_pb(c))).await?;
@@ -271,7 +260,6 @@ impl Subscriber {
                 }
                 return Ok(());
             }
-            page = PAGE;
         }
     }
 }

@@ -121,7 +121,8 @@ pub trait MarginOfferStore: Send + Sync + 'static {
     /// The revision of the last committed write.
     async fn revision(&self) -> StoreResult<Revision>;
 
-    /// Up to `limit` retained changes with revision > `after`, in order.
+    /// Retained changes with revision > `after`, in order, in whole revisions:
+    /// about `limit` changes, more only when one revision alone exceeds it.
     /// `OutOfRange` when `after` is older than the retained log.
     async fn changes_since(&self, after: Revision, limit: usize) -> StoreResult<ChangeBatch>;
 
