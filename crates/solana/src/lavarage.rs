@@ -1,0 +1,1 @@
+//! Lavarage decoders (in progress).

@@ -1,0 +1,1 @@
+//! marginfi decoders (in progress).
