@@ -35,9 +35,12 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params_from_iter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
 
 const DEFAULT_READERS: usize = 4;
 const DEFAULT_RETENTION: usize = 1_000_000;
+const DEFAULT_MIN_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Tuning of [`SqliteStore::open_with`]; zero fields take their defaults.
 #[derive(Clone, Debug, Default)]
@@ -46,6 +49,9 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// The fewest changes the change log keeps for `changes_since` (0: 1 000 000).
     pub change_log_retention: usize,
+    /// Changes younger than this are kept whatever their number (None: 24 h;
+    /// `Some(Duration::ZERO)`: the count alone decides).
+    pub change_log_min_age: Option<Duration>,
 }
 
 /// The writer connection and its pruning bookkeeping.
@@ -64,6 +70,9 @@ struct Inner {
     next_reader: AtomicUsize,
     closed: AtomicBool,
     retention: usize,
+    min_age: Duration,
+    /// The revision of the latest commit, for `subscribe_commits`.
+    commits: watch::Sender<Revision>,
 }
 
 /// A `MarginOfferStore` in one SQLite file (plus its `-wal` and `-shm`).
@@ -124,6 +133,7 @@ impl SqliteStore {
             } else {
                 options.change_log_retention
             };
+            let head = rows::current_revision(&writer)?;
             tracing::debug!(path = %path.display(), "opened SQLite store");
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
@@ -136,6 +146,8 @@ impl SqliteStore {
                     next_reader: AtomicUsize::new(0),
                     closed: AtomicBool::new(false),
                     retention,
+                    min_age: options.change_log_min_age.unwrap_or(DEFAULT_MIN_AGE),
+                    commits: watch::channel(head).0,
                 }),
             })
         })
@@ -196,18 +208,25 @@ impl SqliteStore {
             let (value, effect) = f(&tx, now)?;
             match effect {
                 WriteEffect::Rollback => return Ok(value),
-                WriteEffect::Commit { logged } => {
+                WriteEffect::Commit { logged, revision } => {
                     let mut pruned = false;
                     if logged > 0 {
                         writer.logged_since_prune += logged;
                         if writer.logged_since_prune >= (inner.retention / 8).max(1) {
-                            rows::prune_changes(&tx, inner.retention)?;
+                            let min_age =
+                                i64::try_from(inner.min_age.as_nanos()).unwrap_or(i64::MAX);
+                            let keep_after = Timestamp(now.0.saturating_sub(min_age));
+                            rows::prune_changes(&tx, inner.retention, keep_after)?;
                             pruned = true;
                         }
                     }
                     tx.commit().map_err(map_err)?;
                     if pruned {
                         writer.logged_since_prune = 0;
+                    }
+                    if logged > 0 {
+                        // Still under the writer lock: the value never goes backwards.
+                        inner.commits.send_replace(revision);
                     }
                 }
             }
@@ -231,6 +250,7 @@ impl SqliteStore {
                 value,
                 WriteEffect::Commit {
                     logged: plan.writes.len(),
+                    revision,
                 },
             ))
         })
@@ -241,7 +261,7 @@ impl SqliteStore {
 /// What to do with a write transaction after its closure ran.
 enum WriteEffect {
     Rollback,
-    Commit { logged: usize },
+    Commit { logged: usize, revision: Revision },
 }
 
 /// Outcomes whose revision is known only after the plan is applied.
@@ -298,7 +318,9 @@ fn load_offers(tx: &Transaction<'_>, w: &Where) -> StoreResult<Vec<MarginOffer>>
         .prepare_cached(&format!("SELECT {OFFER_COLS} FROM offers{}", w.sql()))
         .map_err(map_err)?;
     let rows = stmt
-        .query_map(params_from_iter(w.params.iter()), |r| offer_from_row(r, 0))
+        .query_map(params_from_iter(rows::values(&w.params)), |r| {
+            offer_from_row(r, 0)
+        })
         .map_err(map_err)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
 }
@@ -316,7 +338,7 @@ fn list_in(tx: &Transaction<'_>, query: &ListQuery) -> StoreResult<ListPage> {
     }
     let total: i64 = tx
         .prepare_cached(&format!("SELECT COUNT(*) FROM offers{}", w.sql()))
-        .and_then(|mut s| s.query_row(params_from_iter(w.params.iter()), |r| r.get(0)))
+        .and_then(|mut s| s.query_row(params_from_iter(rows::values(&w.params)), |r| r.get(0)))
         .map_err(map_err)?;
     if let Some((key, id)) = &resolved.after {
         w.after(query.sort_by, query.sort_order, key, id);
@@ -328,11 +350,13 @@ fn list_in(tx: &Transaction<'_>, query: &ListQuery) -> StoreResult<ListPage> {
         w.sql(),
         rows::order_by(query.sort_by, query.sort_order)
     );
-    w.params.push(limit.into());
-    w.params.push(offset.into());
+    w.params.push(store_sql::SqlValue::Integer(limit));
+    w.params.push(store_sql::SqlValue::Integer(offset));
     let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
     let offers = stmt
-        .query_map(params_from_iter(w.params.iter()), |r| offer_from_row(r, 0))
+        .query_map(params_from_iter(rows::values(&w.params)), |r| {
+            offer_from_row(r, 0)
+        })
         .map_err(map_err)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(map_err)?;
@@ -355,7 +379,7 @@ fn stats_in(tx: &Transaction<'_>, query: &StatsQuery) -> StoreResult<Stats> {
         ))
         .map_err(map_err)?;
     let counts = stmt
-        .query_map(params_from_iter(w.params.iter()), |r| {
+        .query_map(params_from_iter(rows::values(&w.params)), |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })
         .map_err(map_err)?;
@@ -372,7 +396,7 @@ fn stats_in(tx: &Transaction<'_>, query: &StatsQuery) -> StoreResult<Stats> {
         ))
         .map_err(map_err)?;
     let sums = stmt
-        .query_map(params_from_iter(w.params.iter()), |r| {
+        .query_map(params_from_iter(rows::values(&w.params)), |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
         })
         .map_err(map_err)?;
@@ -556,11 +580,13 @@ impl MarginOfferStore for SqliteStore {
                 outcome.revision = rows::current_revision(tx)?;
                 return Ok((outcome, WriteEffect::Rollback));
             }
-            outcome.revision = rows::apply_plan(tx, &planned.plan, &ctx, now)?;
+            let revision = rows::apply_plan(tx, &planned.plan, &ctx, now)?;
+            outcome.revision = revision;
             Ok((
                 outcome,
                 WriteEffect::Commit {
                     logged: planned.plan.writes.len(),
+                    revision,
                 },
             ))
         })
@@ -577,7 +603,9 @@ impl MarginOfferStore for SqliteStore {
                 .prepare_cached(&format!("SELECT id FROM offers{} ORDER BY id", w.sql()))
                 .map_err(map_err)?;
             let ids = stmt
-                .query_map(params_from_iter(w.params.iter()), |r| r.get::<_, String>(0))
+                .query_map(params_from_iter(rows::values(&w.params)), |r| {
+                    r.get::<_, String>(0)
+                })
                 .map_err(map_err)?;
             ids.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
         })
@@ -626,6 +654,10 @@ impl MarginOfferStore for SqliteStore {
 
     async fn revision(&self) -> StoreResult<Revision> {
         self.read(|tx| rows::current_revision(tx)).await
+    }
+
+    fn subscribe_commits(&self) -> Option<watch::Receiver<Revision>> {
+        Some(self.inner.commits.subscribe())
     }
 
     async fn changes_since(&self, after: Revision, limit: usize) -> StoreResult<ChangeBatch> {

@@ -3,11 +3,12 @@
 use crate::error::map_err;
 use offer_domain::write::{PlannedWrite, WritePlan};
 use offer_domain::{
-    Change, ChangeType, InterestModel, MarginOffer, OfferFilter, OfferType, Revision, SortField,
-    SortOrder, StoreError, StoreResult, Timestamp, WriteContext, query::SortValue,
+    Change, ChangeType, InterestModel, MarginOffer, OfferType, Revision, StoreError, StoreResult,
+    Timestamp, WriteContext,
 };
 use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use store_sql::SqlValue;
 
 /// The offer columns, in the order [`offer_from_row`] reads them; a macro so
 /// hot statements are `concat!`-ed at compile time rather than formatted per call.
@@ -193,9 +194,14 @@ pub(crate) fn apply_plan(
 }
 
 /// Deletes whole revisions from the front of the change log while at least
-/// `keep` changes remain, recording the highest pruned revision so
-/// `changes_since` can tell a pruned range from an empty one.
-pub(crate) fn prune_changes(conn: &Connection, keep: usize) -> StoreResult<usize> {
+/// `keep` changes remain and they are older than `keep_after`, recording the
+/// highest pruned revision so `changes_since` can tell a pruned range from
+/// an empty one.
+pub(crate) fn prune_changes(
+    conn: &Connection,
+    keep: usize,
+    keep_after: Timestamp,
+) -> StoreResult<usize> {
     let offset = i64::try_from(keep.saturating_sub(1)).unwrap_or(i64::MAX);
     // The revision of the keep-th newest change: everything before it goes.
     let cutoff: Option<i64> = conn
@@ -207,6 +213,16 @@ pub(crate) fn prune_changes(conn: &Connection, keep: usize) -> StoreResult<usize
     let Some(cutoff) = cutoff else {
         return Ok(0);
     };
+    // The first revision young enough to keep: scanning from the oldest in
+    // revision order touches only the rows about to be deleted.
+    let young: Option<i64> = conn
+        .prepare_cached(
+            "SELECT revision FROM changes WHERE revision < ?1 AND timestamp > ?2 \
+             ORDER BY revision, seq LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row([cutoff, keep_after.0], |r| r.get(0)).optional())
+        .map_err(map_err)?;
+    let cutoff = young.map_or(cutoff, |y| y.min(cutoff));
     let deleted = conn
         .prepare_cached("DELETE FROM changes WHERE revision < ?1")
         .and_then(|mut s| s.execute([cutoff]))
@@ -258,219 +274,19 @@ pub(crate) fn read_changes(
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
 }
 
-/// A WHERE clause under construction: SQL text with `?` placeholders and
-/// the values they bind. Only fixed fragments and column names from the
-/// domain's enums go into the text; every value is a parameter.
-#[derive(Default)]
-pub(crate) struct Where {
-    clauses: Vec<&'static str>,
-    pub(crate) params: Vec<Value>,
-}
+// The filter, keyset and ordering SQL is shared with the PostgreSQL backend.
+pub(crate) use store_sql::{Where, order_by};
 
-impl Where {
-    fn push(&mut self, clause: &'static str, values: impl IntoIterator<Item = Value>) {
-        self.clauses.push(clause);
-        self.params.extend(values);
-    }
-
-    /// ` WHERE a AND b`, or nothing.
-    pub(crate) fn sql(&self) -> String {
-        if self.clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", self.clauses.join(" AND "))
-        }
-    }
-
-    /// The conditions of [`OfferFilter::matches`].
-    pub(crate) fn filter(&mut self, f: &OfferFilter) {
-        let text = |s: &String| Value::Text(s.clone());
-        if let Some(t) = f.offer_type {
-            self.push("offer_type = ?", [Value::Text(t.as_str().into())]);
-        }
-        if let Some(v) = &f.collateral_token {
-            self.push("collateral_token = ?", [text(v)]);
-        }
-        if let Some(v) = &f.borrow_token {
-            self.push("borrow_token = ?", [text(v)]);
-        }
-        if let Some(m) = f.interest_model {
-            self.push("interest_model = ?", [Value::Text(m.as_str().into())]);
-        }
-        if let Some(v) = &f.liquidity_source {
-            self.push("liquidity_source = ?", [text(v)]);
-        }
-        if let Some(v) = &f.lender_address {
-            self.push("lender_address = ?", [text(v)]);
-        }
-        if let Some(v) = &f.source {
-            self.push("source = ?", [text(v)]);
-        }
-        let real = |clause, v: Option<f64>, w: &mut Where| {
-            if let Some(v) = v {
-                w.push(clause, [Value::Real(v)]);
-            }
-        };
-        real("available_borrow_amount >= ?", f.min_borrow_amount, self);
-        real("available_borrow_amount <= ?", f.max_borrow_amount, self);
-        real("interest_rate >= ?", f.min_interest_rate, self);
-        real("interest_rate <= ?", f.max_interest_rate, self);
-        real("max_open_ltv >= ?", f.min_max_open_ltv, self);
-        real("max_open_ltv <= ?", f.max_max_open_ltv, self);
-        let time = |clause, v: Option<Timestamp>, w: &mut Where| {
-            if let Some(v) = v {
-                w.push(clause, [Value::Integer(v.as_nanos())]);
-            }
-        };
-        time("created_timestamp >= ?", f.created_after, self);
-        time("created_timestamp <= ?", f.created_before, self);
-        time("updated_timestamp >= ?", f.updated_after, self);
-        time("updated_timestamp <= ?", f.updated_before, self);
-    }
-
-    /// Hides offers expired at `now` ([`MarginOffer::is_expired`]).
-    pub(crate) fn not_expired(&mut self, now: Timestamp) {
-        self.push(
-            "(expires_at IS NULL OR expires_at >= ?)",
-            [Value::Integer(now.as_nanos())],
-        );
-    }
-
-    pub(crate) fn active_only(&mut self) {
-        self.push("available_borrow_amount > 0", []);
-    }
-
-    /// Rows strictly after `(key, id)` in the listing order.
-    pub(crate) fn after(&mut self, by: SortField, order: SortOrder, key: &SortValue, id: &str) {
-        let value = match (field_kind(by), key) {
-            (Kind::Number, SortValue::Number(v)) => Value::Real(*v),
-            (Kind::Time, SortValue::Time(v)) => Value::Integer(*v),
-            (Kind::Text, SortValue::Text(v)) => Value::Text(v.clone()),
-            (kind, key) => {
-                // A key of another kind (only a hand-made token can carry
-                // one) compares by kind rank in the domain's order: either
-                // every row is after it or none is.
-                let row_after = match order {
-                    SortOrder::Asc => kind.rank() > kind_of(key).rank(),
-                    SortOrder::Desc => kind.rank() < kind_of(key).rank(),
-                };
-                if !row_after {
-                    self.push("0", []);
-                }
-                return;
-            }
-        };
-        let clause = match (by, order) {
-            // The column names come from the domain's fixed set, never from input.
-            (SortField::CreatedTimestamp, SortOrder::Asc) => {
-                "(created_timestamp > ? OR (created_timestamp = ? AND id > ?))"
-            }
-            (SortField::CreatedTimestamp, SortOrder::Desc) => {
-                "(created_timestamp < ? OR (created_timestamp = ? AND id > ?))"
-            }
-            (SortField::UpdatedTimestamp, SortOrder::Asc) => {
-                "(updated_timestamp > ? OR (updated_timestamp = ? AND id > ?))"
-            }
-            (SortField::UpdatedTimestamp, SortOrder::Desc) => {
-                "(updated_timestamp < ? OR (updated_timestamp = ? AND id > ?))"
-            }
-            (SortField::InterestRate, SortOrder::Asc) => {
-                "(interest_rate > ? OR (interest_rate = ? AND id > ?))"
-            }
-            (SortField::InterestRate, SortOrder::Desc) => {
-                "(interest_rate < ? OR (interest_rate = ? AND id > ?))"
-            }
-            (SortField::AvailableBorrowAmount, SortOrder::Asc) => {
-                "(available_borrow_amount > ? OR (available_borrow_amount = ? AND id > ?))"
-            }
-            (SortField::AvailableBorrowAmount, SortOrder::Desc) => {
-                "(available_borrow_amount < ? OR (available_borrow_amount = ? AND id > ?))"
-            }
-            (SortField::MaxOpenLtv, SortOrder::Asc) => {
-                "(max_open_ltv > ? OR (max_open_ltv = ? AND id > ?))"
-            }
-            (SortField::MaxOpenLtv, SortOrder::Desc) => {
-                "(max_open_ltv < ? OR (max_open_ltv = ? AND id > ?))"
-            }
-            (SortField::LiquidationLtv, SortOrder::Asc) => {
-                "(liquidation_ltv > ? OR (liquidation_ltv = ? AND id > ?))"
-            }
-            (SortField::LiquidationLtv, SortOrder::Desc) => {
-                "(liquidation_ltv < ? OR (liquidation_ltv = ? AND id > ?))"
-            }
-            (SortField::OfferType, SortOrder::Asc) => {
-                "(offer_type > ? OR (offer_type = ? AND id > ?))"
-            }
-            (SortField::OfferType, SortOrder::Desc) => {
-                "(offer_type < ? OR (offer_type = ? AND id > ?))"
-            }
-            (SortField::CollateralToken, SortOrder::Asc) => {
-                "(collateral_token > ? OR (collateral_token = ? AND id > ?))"
-            }
-            (SortField::CollateralToken, SortOrder::Desc) => {
-                "(collateral_token < ? OR (collateral_token = ? AND id > ?))"
-            }
-            (SortField::BorrowToken, SortOrder::Asc) => {
-                "(borrow_token > ? OR (borrow_token = ? AND id > ?))"
-            }
-            (SortField::BorrowToken, SortOrder::Desc) => {
-                "(borrow_token < ? OR (borrow_token = ? AND id > ?))"
-            }
-            (SortField::Id, SortOrder::Asc) => "(id > ? OR (id = ? AND id > ?))",
-            (SortField::Id, SortOrder::Desc) => "(id < ? OR (id = ? AND id > ?))",
-        };
-        self.push(clause, [value.clone(), value, Value::Text(id.to_owned())]);
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Number,
-    Time,
-    Text,
-}
-
-impl Kind {
-    /// The order of kinds in `SortValue`'s comparison.
-    fn rank(self) -> u8 {
-        match self {
-            Kind::Number => 0,
-            Kind::Time => 1,
-            Kind::Text => 2,
-        }
-    }
-}
-
-fn kind_of(v: &SortValue) -> Kind {
-    match v {
-        SortValue::Number(_) => Kind::Number,
-        SortValue::Time(_) => Kind::Time,
-        SortValue::Text(_) => Kind::Text,
-    }
-}
-
-fn field_kind(by: SortField) -> Kind {
-    match by {
-        SortField::CreatedTimestamp | SortField::UpdatedTimestamp => Kind::Time,
-        SortField::InterestRate
-        | SortField::AvailableBorrowAmount
-        | SortField::MaxOpenLtv
-        | SortField::LiquidationLtv => Kind::Number,
-        SortField::OfferType
-        | SortField::CollateralToken
-        | SortField::BorrowToken
-        | SortField::Id => Kind::Text,
-    }
-}
-
-/// `ORDER BY` for a listing: the sort column, then id ascending.
-pub(crate) fn order_by(by: SortField, order: SortOrder) -> String {
-    let dir = match order {
-        SortOrder::Asc => "ASC",
-        SortOrder::Desc => "DESC",
-    };
-    // as_str() is the column name, from a closed set.
-    format!(" ORDER BY {} {dir}, id ASC", by.as_str())
+/// The driver's form of the shared builder's parameters.
+pub(crate) fn values(params: &[SqlValue]) -> Vec<Value> {
+    params
+        .iter()
+        .map(|v| match v {
+            SqlValue::Real(x) => Value::Real(*x),
+            SqlValue::Integer(x) => Value::Integer(*x),
+            SqlValue::Text(x) => Value::Text(x.clone()),
+        })
+        .collect()
 }
 
 /// Converts a limit or offset for binding.

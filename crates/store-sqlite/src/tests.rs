@@ -138,6 +138,24 @@ async fn durability_pragmas_are_applied() {
     assert_eq!(mode, "wal");
 }
 
+/// The window is the larger of the count and the age: young changes stay.
+#[tokio::test]
+async fn change_log_keeps_changes_younger_than_the_min_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteOptions {
+        readers: 1,
+        change_log_retention: 3,
+        change_log_min_age: Some(std::time::Duration::from_secs(3600)),
+    };
+    let store = SqliteStore::open_with(dir.path().join("offers.db"), opts)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        store.create(offer(i), &ctx()).await.unwrap();
+    }
+    assert_eq!(store.changes_since(0, 100).await.unwrap().changes.len(), 10);
+}
+
 #[tokio::test]
 async fn change_log_is_pruned_and_old_revisions_are_out_of_range() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,6 +163,7 @@ async fn change_log_is_pruned_and_old_revisions_are_out_of_range() {
     let opts = SqliteOptions {
         readers: 1,
         change_log_retention: 3,
+        change_log_min_age: Some(std::time::Duration::ZERO),
     };
     let store = SqliteStore::open_with(&path, opts.clone()).await.unwrap();
     // Nothing pruned yet: from zero is fine even on an empty log.
