@@ -24,13 +24,20 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Changes kept for `changes_since` unless configured otherwise.
 pub const DEFAULT_CHANGE_RETENTION: usize = 1_000_000;
+/// Changes younger than this are kept whatever their number (the window is
+/// the larger of the count and the age).
+pub const DEFAULT_CHANGE_MIN_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub struct MemoryStore {
     state: RwLock<State>,
     closed: AtomicBool,
+    /// The revision of the latest commit, for `subscribe_commits`.
+    commits: watch::Sender<Revision>,
 }
 
 struct State {
@@ -41,6 +48,8 @@ struct State {
     /// Every change with a revision at or below this has been pruned.
     pruned_through: Revision,
     retention: usize,
+    /// Nanoseconds; a change younger than this is never pruned.
+    min_age_nanos: i64,
 }
 
 impl Default for MemoryStore {
@@ -54,7 +63,9 @@ impl MemoryStore {
         Self::with_change_retention(DEFAULT_CHANGE_RETENTION)
     }
 
-    /// `retention`: at least this many changes stay readable by `changes_since`.
+    /// `retention`: at least this many changes stay readable by `changes_since`
+    /// (and, unless [`MemoryStore::with_change_min_age`] says otherwise, every
+    /// change of the last 24 h).
     pub fn with_change_retention(retention: usize) -> Self {
         MemoryStore {
             state: RwLock::new(State {
@@ -64,9 +75,18 @@ impl MemoryStore {
                 changes: VecDeque::new(),
                 pruned_through: 0,
                 retention,
+                min_age_nanos: nanos(DEFAULT_CHANGE_MIN_AGE),
             }),
             closed: AtomicBool::new(false),
+            commits: watch::channel(0).0,
         }
+    }
+
+    /// Changes younger than `min_age` stay readable whatever their number
+    /// (`Duration::ZERO`: the count alone decides).
+    pub fn with_change_min_age(self, min_age: Duration) -> Self {
+        self.state.write().min_age_nanos = nanos(min_age);
+        self
     }
 
     fn check_open(&self) -> StoreResult<()> {
@@ -97,6 +117,8 @@ impl MemoryStore {
             return Ok((result, state.revision));
         }
         let revision = state.commit(plan, ctx, now);
+        // Under the write lock, so the notified revision never goes backwards.
+        self.commits.send_replace(revision);
         Ok((result, revision))
     }
 }
@@ -129,16 +151,21 @@ impl State {
                 operation_id: operation_id.clone(),
             });
         }
-        self.prune();
+        self.prune(now);
         revision
     }
 
-    /// Drops whole revisions from the front while more than `retention` remain.
-    fn prune(&mut self) {
+    /// Drops whole revisions from the front while more than `retention`
+    /// remain and the oldest is older than the minimum age.
+    fn prune(&mut self, now: Timestamp) {
+        let cutoff = now.0.saturating_sub(self.min_age_nanos);
         while self.changes.len() > self.retention {
-            let Some(oldest) = self.changes.front().map(|c| c.revision) else {
+            let Some((oldest, at)) = self.changes.front().map(|c| (c.revision, c.timestamp)) else {
                 break;
             };
+            if at.0 > cutoff {
+                break;
+            }
             let in_oldest = self.changes.partition_point(|c| c.revision <= oldest);
             if self.changes.len() - in_oldest < self.retention {
                 break;
@@ -168,6 +195,10 @@ impl State {
             None => Box::new(self.offers.values()),
         }
     }
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 fn single(p: SinglePlan) -> (SinglePlan, WritePlan) {
@@ -369,6 +400,10 @@ impl MarginOfferStore for MemoryStore {
     async fn revision(&self) -> StoreResult<Revision> {
         self.check_open()?;
         Ok(self.state.read().revision)
+    }
+
+    fn subscribe_commits(&self) -> Option<watch::Receiver<Revision>> {
+        Some(self.commits.subscribe())
     }
 
     async fn changes_since(&self, after: Revision, limit: usize) -> StoreResult<ChangeBatch> {

@@ -16,14 +16,17 @@
 //! Single-write responses carry `x-revision` (the commit's revision) as
 //! response metadata, since their messages have no revision field.
 
+mod raw;
+mod security;
 mod service;
 mod subscribe;
+
+pub use security::Secret;
 
 pub use offer_store::SharedStore;
 pub use service::MarginOfferGrpc;
 
 use offer_proto::pb;
-use offer_proto::pb::margin_offer_service_server::MarginOfferServiceServer;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -58,10 +61,63 @@ pub struct ServiceConfig {
     pub version: String,
     /// How often a subscription receives a heartbeat.
     pub heartbeat_interval: Duration,
-    /// How often a subscription polls the store's change log.
+    /// How often the change hub polls the store's change log when the store
+    /// offers no commit notification (`subscribe_commits`), and how long a
+    /// subscription waits before retrying a failed read.
     pub subscription_poll_interval: Duration,
+    /// Most concurrent subscriptions; more get RESOURCE_EXHAUSTED.
+    pub max_subscribers: usize,
+    /// Slots of the change hub's broadcast ring (each one batch of the
+    /// change log); a subscriber further behind than this replays from the
+    /// store instead.
+    pub change_ring_capacity: usize,
     /// How often `grpc.health.v1.Health` re-checks the store.
     pub health_poll_interval: Duration,
+    /// When set, every mutating RPC needs `authorization: Bearer <token>`
+    /// with this token (else UNAUTHENTICATED); it also grants reads.
+    pub write_token: Option<Secret>,
+    /// When set, every RPC of the service (Subscribe included) needs this
+    /// or the write token; health and reflection stay open.
+    pub read_token: Option<Secret>,
+    /// Ceiling on how long one call may run before its response, whatever
+    /// deadline the client asked for; over it: RESOURCE_EXHAUSTED.
+    pub max_request_timeout: Option<Duration>,
+    /// HTTP/2 streams one connection may have open at once (SETTINGS
+    /// advertised to the client, which queues the excess). Used by [`serve`].
+    pub max_concurrent_streams: Option<u32>,
+    /// TLS on the gRPC port (used by [`serve`]); plaintext when `None`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// PEM material of the server's TLS; `client_ca_pem` turns on mTLS.
+#[derive(Clone)]
+pub struct TlsConfig {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Clients must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    // The private key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
+            .field("key_pem", &format_args!("<redacted>"))
+            .field("mtls", &self.client_ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca_pem {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        tls
+    }
 }
 
 impl Default for ServiceConfig {
@@ -73,7 +129,14 @@ impl Default for ServiceConfig {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat_interval: Duration::from_secs(30),
             subscription_poll_interval: Duration::from_millis(100),
+            max_subscribers: 10_000,
+            change_ring_capacity: 1024,
             health_poll_interval: Duration::from_secs(5),
+            write_token: None,
+            read_token: None,
+            max_request_timeout: None,
+            max_concurrent_streams: None,
+            tls: None,
         }
     }
 }
@@ -120,6 +183,8 @@ pub async fn serve(
         reporter,
         cfg.health_poll_interval,
     ));
+    let max_streams = cfg.max_concurrent_streams;
+    let tls = cfg.tls.clone();
     let routes = assemble(store, cfg, stop.clone(), health);
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         // Small unary replies must not wait on Nagle's algorithm.
@@ -127,7 +192,11 @@ pub async fn serve(
             let _ = s.set_nodelay(true);
         })
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder().max_concurrent_streams(max_streams);
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    builder
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
@@ -146,9 +215,16 @@ fn assemble(
     >,
 ) -> Routes {
     let max = cfg.max_message_bytes;
-    let svc = MarginOfferServiceServer::new(MarginOfferGrpc::with_stop(store, cfg, stop))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let policy = security::Policy {
+        write_token: cfg.write_token.clone().filter(|t| !t.is_empty()),
+        read_token: cfg.read_token.clone().filter(|t| !t.is_empty()),
+        max_request_timeout: cfg.max_request_timeout,
+    };
+    // Subscriptions are served with pre-encoded, shared messages (raw.rs).
+    let svc = raw::SubscribeRoute::new(MarginOfferGrpc::with_stop(store, cfg, stop), max);
+    // Auth and the deadline ceiling wrap this service only: health and
+    // reflection stay open to probes.
+    let svc = security::Guard::new(svc, policy);
     let mut routes = Routes::new(svc).add_service(health);
     let reflection = || {
         tonic_reflection::server::Builder::configure()

@@ -28,6 +28,8 @@ pub struct MarginOfferGrpc {
     pub(crate) cfg: Arc<ServiceConfig>,
     /// Flips to true on server shutdown; subscriptions end on it.
     pub(crate) stop: Arc<watch::Sender<bool>>,
+    /// The change-log fan-out shared by every subscription of this store.
+    pub(crate) hub: Arc<crate::subscribe::Hub>,
 }
 
 impl MarginOfferGrpc {
@@ -41,6 +43,7 @@ impl MarginOfferGrpc {
         stop: Arc<watch::Sender<bool>>,
     ) -> Self {
         MarginOfferGrpc {
+            hub: crate::subscribe::Hub::new(store.clone(), &cfg),
             store,
             cfg: Arc::new(cfg),
             stop,

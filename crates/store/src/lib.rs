@@ -126,6 +126,15 @@ pub trait MarginOfferStore: Send + Sync + 'static {
     /// `OutOfRange` when `after` is older than the retained log.
     async fn changes_since(&self, after: Revision, limit: usize) -> StoreResult<ChangeBatch>;
 
+    /// A cheap wake-up for change-log followers: the receiver's value is the
+    /// revision of the latest commit (at least), and it changes after every
+    /// commit. `None` (the default) means the backend cannot notify, and
+    /// followers poll `changes_since` instead. The value is a hint only:
+    /// followers still read the changes through `changes_since`.
+    fn subscribe_commits(&self) -> Option<tokio::sync::watch::Receiver<Revision>> {
+        None
+    }
+
     // Conveniences of the Go store interface, in terms of the above.
 
     async fn list_by_lender(&self, lender: &str, limit: i32, offset: i32) -> StoreResult<ListPage> {
