@@ -245,6 +245,12 @@ struct RawChain {
     network: Option<String>,
     #[serde(default)]
     group: Option<String>,
+    #[serde(default)]
+    use_get_program_accounts_v2: Option<bool>,
+    #[serde(default)]
+    program_accounts_timeout: Option<RawDuration>,
+    #[serde(default)]
+    rpc_timeout: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -381,13 +387,37 @@ fn chain_params(c: RawChain) -> Result<ChainParams, String> {
             programs.push(p);
         }
     }
+    let group = c
+        .group
+        .map(|g| g.trim().to_owned())
+        .filter(|g| !g.is_empty());
+    if let Some(g) = &group {
+        g.parse::<solana_sources::Pubkey>()
+            .map_err(|e| format!("request.chain_params.group: {e}"))?;
+    }
+    let timeout = |field: &str, d: Option<RawDuration>| -> Result<Option<Duration>, String> {
+        d.map(|d| d.to_duration())
+            .transpose()
+            .map_err(|e| format!("request.chain_params.{field}: {e}"))?
+            .map(|d| {
+                if d.is_zero() {
+                    Err(format!("request.chain_params.{field}: must be positive"))
+                } else {
+                    Ok(d)
+                }
+            })
+            .transpose()
+    };
     Ok(ChainParams {
         programs,
         network: c
             .network
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| "mainnet".into()),
-        group: c.group.filter(|g| !g.trim().is_empty()),
+        group,
+        use_get_program_accounts_v2: c.use_get_program_accounts_v2,
+        program_accounts_timeout: timeout("program_accounts_timeout", c.program_accounts_timeout)?,
+        rpc_timeout: timeout("rpc_timeout", c.rpc_timeout)?,
     })
 }
 

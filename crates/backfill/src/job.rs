@@ -100,8 +100,30 @@ pub struct ChainParams {
     /// Deduplicated, in file order.
     pub programs: Vec<Program>,
     pub network: String,
-    /// marginfi group; `None` means the main group.
+    /// marginfi group; `None` means the main group. Validated as a pubkey.
     pub group: Option<String>,
+    /// Use the paginated `getProgramAccountsV2`; `None` keeps the source's
+    /// default (providers that refuse big scans need it).
+    pub use_get_program_accounts_v2: Option<bool>,
+    /// Deadline of one `getProgramAccounts` request (source default 120 s).
+    #[serde(with = "opt_secs")]
+    pub program_accounts_timeout: Option<Duration>,
+    /// Deadline of other RPC requests (source default 30 s).
+    #[serde(with = "opt_secs")]
+    pub rpc_timeout: Option<Duration>,
+}
+
+/// Optional durations as seconds in `/status` JSON.
+mod opt_secs {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -19,12 +19,17 @@
 //!   schedules, graceful shutdown, metrics.
 //! - [`status`]: live [`Progress`] and the [`StatusBoard`] behind `/status`.
 //! - [`sources`]: concrete sources; so far the off-chain HTTP source.
+//! - [`archive`]: offer snapshots in object storage (gzip NDJSON): export,
+//!   listing, reading; the archive source restores from them.
 //!
 //! # Metrics
 //! `backfill_job_runs_total{job,outcome}`, `backfill_job_duration_seconds{job}`,
 //! `backfill_offers_written_total{job,kind}`, `backfill_source_fetch_duration_seconds{job}`,
 //! through the `metrics` facade (the binary installs the exporter).
 
+/// The archive lives in its own crate so the store and offersctl can export
+/// snapshots without linking the engine; re-exported under its old path.
+pub use offer_archive as archive;
 pub mod config;
 pub mod engine;
 pub mod job;

@@ -268,3 +268,43 @@ fn file_level_problems_are_reported() {
     ));
     assert!(BackfillConfig::load(Some(Path::new("/nonexistent/jobs.json")), &no_env).is_err());
 }
+
+#[test]
+fn chain_params_group_and_rpc_options() {
+    let job = |params: serde_json::Value| {
+        let text = serde_json::json!({ "jobs": [{ "name": "c",
+            "request": { "source": "chain", "chain_params": params } }] })
+        .to_string();
+        BackfillConfig::from_json(&text, "test", &|_: &str| None)
+    };
+    let cfg = job(serde_json::json!({ "programs": ["marginfi"],
+        "group": "4qp6Fx6tnZkY5Wropq9wUYgtFxXKwE6viZxFHg3rdAG8",
+        "use_get_program_accounts_v2": true, "program_accounts_timeout": "5m",
+        "rpc_timeout": "10s" }))
+    .unwrap();
+    let backfill::SourceParams::Chain(p) = &cfg.jobs[0].params else {
+        panic!("not a chain job")
+    };
+    assert_eq!(p.use_get_program_accounts_v2, Some(true));
+    assert_eq!(
+        p.program_accounts_timeout,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(p.rpc_timeout, Some(std::time::Duration::from_secs(10)));
+    let defaults = job(serde_json::json!({ "programs": ["lavarage"] })).unwrap();
+    let backfill::SourceParams::Chain(p) = &defaults.jobs[0].params else {
+        panic!("not a chain job")
+    };
+    assert_eq!(
+        (p.group.as_deref(), p.use_get_program_accounts_v2),
+        (None, None)
+    );
+    let e = job(serde_json::json!({ "programs": ["marginfi"], "group": "not-a-key" }))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chain_params.group"), "{e}");
+    let e = job(serde_json::json!({ "programs": ["marginfi"], "rpc_timeout": "0s" }))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rpc_timeout"), "{e}");
+}

@@ -10,5 +10,13 @@
 //! Architecture invariant: decoders never panic; every malformed input is a
 //! `DecodeError` naming what was wrong.
 
+pub mod decode;
 pub mod lavarage;
 pub mod marginfi;
+pub mod pubkey;
+pub mod rpc;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use decode::DecodeError;
+pub use pubkey::Pubkey;

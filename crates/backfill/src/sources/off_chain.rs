@@ -27,10 +27,10 @@ use crate::source::{Snapshot, Source, SourceError};
 use crate::status::Progress;
 use async_trait::async_trait;
 use chrono::SecondsFormat;
+use offer_domain::json::offer_from_json;
 use offer_domain::validate::validate_offer;
-use offer_domain::{InterestModel, MarginOffer, OfferType, Timestamp};
+use offer_domain::{FieldError, MarginOffer};
 use reqwest::{StatusCode, Url};
-use serde::Deserialize;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -313,93 +313,33 @@ fn parse_page(
     }
 }
 
-#[derive(Deserialize)]
-struct WireOffer {
-    id: String,
-    offer_type: String,
-    collateral_token: String,
-    borrow_token: String,
-    available_borrow_amount: f64,
-    max_open_ltv: f64,
-    liquidation_ltv: f64,
-    interest_rate: f64,
-    interest_model: String,
-    #[serde(default)]
-    term_days: Option<i32>,
-    liquidity_source: String,
-    #[serde(default)]
-    lender_address: Option<String>,
-    #[serde(default)]
-    last_borrowed_timestamp: Option<String>,
-    #[serde(default)]
-    created_timestamp: Option<String>,
-}
-
+/// One feed item as an offer, validated; errors name page, item and field.
+/// The JSON mapping itself is shared with `offersctl` (`offer_domain::json`).
 fn decode_offer(
     item: serde_json::Value,
     page: usize,
     i: usize,
 ) -> Result<MarginOffer, SourceError> {
-    let at = |id: &str| {
-        if id.is_empty() {
-            format!("page {page} item {i}")
-        } else {
-            format!("page {page} item {i} (id {id:?})")
-        }
-    };
-    let id_hint = item
+    let id = item
         .get("id")
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_owned();
-    let w: WireOffer = serde_path_to_error::deserialize(item).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        // A missing field is reported at the item's root; serde names it.
-        if path == "." {
-            SourceError::Permanent(format!("{}: {inner}", at(&id_hint)))
-        } else {
-            SourceError::Permanent(format!("{}: {path}: {inner}", at(&id_hint)))
-        }
-    })?;
-    let bad =
-        |field: &str, msg: String| SourceError::Permanent(format!("{}: {field}: {msg}", at(&w.id)));
-    let offer = MarginOffer {
-        id: w.id.clone(),
-        offer_type: OfferType::parse_field(&w.offer_type, "offer_type")
-            .map_err(|e| bad(&e.field, e.message))?,
-        collateral_token: w.collateral_token.clone(),
-        borrow_token: w.borrow_token.clone(),
-        available_borrow_amount: w.available_borrow_amount,
-        max_open_ltv: w.max_open_ltv,
-        liquidation_ltv: w.liquidation_ltv,
-        interest_rate: w.interest_rate,
-        interest_model: InterestModel::parse_field(&w.interest_model, "interest_model")
-            .map_err(|e| bad(&e.field, e.message))?,
-        term_days: w.term_days.filter(|d| *d != 0),
-        liquidity_source: w.liquidity_source.clone(),
-        lender_address: w.lender_address.clone().filter(|s| !s.is_empty()),
-        last_borrowed_timestamp: rfc3339(w.last_borrowed_timestamp.as_deref())
-            .map_err(|m| bad("last_borrowed_timestamp", m))?,
-        created_timestamp: rfc3339(w.created_timestamp.as_deref())
-            .map_err(|m| bad("created_timestamp", m))?,
-        updated_timestamp: None,
-        source: None,
+    let at = if id.is_empty() {
+        format!("page {page} item {i}")
+    } else {
+        format!("page {page} item {i} (id {id:?})")
     };
-    validate_offer(offer).map_err(|e| bad(&e.field, e.message))
-}
-
-fn rfc3339(s: Option<&str>) -> Result<Option<Timestamp>, String> {
-    match s.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(s) => {
-            let t = chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|e| format!("not an RFC 3339 time {s:?}: {e}"))?;
-            t.timestamp_nanos_opt()
-                .map(|n| Some(Timestamp(n)))
-                .ok_or_else(|| format!("{s:?} is out of range"))
+    let bad = |e: FieldError| {
+        // A missing field is reported at the item's root; serde names it.
+        if e.field.is_empty() {
+            SourceError::Permanent(format!("{at}: {}", e.message))
+        } else {
+            SourceError::Permanent(format!("{at}: {}: {}", e.field, e.message))
         }
-    }
+    };
+    let offer = offer_from_json(item).map_err(bad)?;
+    validate_offer(offer).map_err(bad)
 }
 
 #[cfg(test)]

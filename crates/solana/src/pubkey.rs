@@ -1,0 +1,224 @@
+//! 32-byte Solana public keys: base58 text form, program-derived addresses
+//! and associated token accounts, without the agave crates.
+
+use std::fmt;
+use std::str::FromStr;
+
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use sha2::{Digest, Sha256};
+
+/// A Solana public key (account address).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Pubkey(pub [u8; 32]);
+
+/// Why a base58 string or byte slice is not a pubkey.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PubkeyError {
+    #[error("invalid base58 pubkey {0:?}")]
+    InvalidBase58(String),
+    #[error("pubkey must be 32 bytes, got {0}")]
+    WrongLength(usize),
+    #[error("no viable program-derived address bump")]
+    NoViableBump,
+    #[error("too many or too long seeds")]
+    BadSeeds,
+}
+
+/// SPL Token program.
+pub const TOKEN_PROGRAM_ID: Pubkey =
+    Pubkey::from_str_const("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA");
+/// SPL Token-2022 program.
+pub const TOKEN_2022_PROGRAM_ID: Pubkey =
+    Pubkey::from_str_const("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb");
+/// Associated Token Account program.
+pub const ASSOCIATED_TOKEN_PROGRAM_ID: Pubkey =
+    Pubkey::from_str_const("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL");
+/// Wrapped SOL mint (9 decimals).
+pub const WRAPPED_SOL_MINT: Pubkey =
+    Pubkey::from_str_const("So11111111111111111111111111111111111111112");
+
+const MAX_SEEDS: usize = 16;
+const MAX_SEED_LEN: usize = 32;
+const PDA_MARKER: &[u8] = b"ProgramDerivedAddress";
+
+impl Pubkey {
+    /// Decode base58 at compile time; a bad literal fails the build, never
+    /// a running process.
+    pub const fn from_str_const(s: &str) -> Self {
+        Pubkey(bs58::decode(s.as_bytes()).into_array_const_unwrap::<32>())
+    }
+
+    /// A pubkey from exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, PubkeyError> {
+        <[u8; 32]>::try_from(bytes)
+            .map(Pubkey)
+            .map_err(|_| PubkeyError::WrongLength(bytes.len()))
+    }
+
+    pub fn to_bytes(self) -> [u8; 32] {
+        self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Whether the bytes are a valid ed25519 point (PDAs must not be).
+    pub fn is_on_curve(&self) -> bool {
+        CompressedEdwardsY(self.0).decompress().is_some()
+    }
+
+    /// `create_program_address`: sha256(seeds ‖ program ‖ marker), rejected
+    /// when the result lies on the curve.
+    pub fn create_program_address(
+        seeds: &[&[u8]],
+        program_id: &Pubkey,
+    ) -> Result<Pubkey, PubkeyError> {
+        if seeds.len() > MAX_SEEDS || seeds.iter().any(|s| s.len() > MAX_SEED_LEN) {
+            return Err(PubkeyError::BadSeeds);
+        }
+        let mut h = Sha256::new();
+        for s in seeds {
+            h.update(s);
+        }
+        h.update(program_id.0);
+        h.update(PDA_MARKER);
+        let key = Pubkey(h.finalize().into());
+        if key.is_on_curve() {
+            return Err(PubkeyError::NoViableBump);
+        }
+        Ok(key)
+    }
+
+    /// `find_program_address`: the first bump from 255 down whose address is
+    /// off the curve.
+    pub fn find_program_address(
+        seeds: &[&[u8]],
+        program_id: &Pubkey,
+    ) -> Result<(Pubkey, u8), PubkeyError> {
+        if seeds.len() >= MAX_SEEDS {
+            return Err(PubkeyError::BadSeeds);
+        }
+        for bump in (0..=u8::MAX).rev() {
+            let bump_seed = [bump];
+            let mut all: Vec<&[u8]> = seeds.to_vec();
+            all.push(&bump_seed);
+            match Self::create_program_address(&all, program_id) {
+                Ok(k) => return Ok((k, bump)),
+                Err(PubkeyError::NoViableBump) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(PubkeyError::NoViableBump)
+    }
+}
+
+/// The associated token account of `owner` for `mint` under `token_program`
+/// (seeds `[owner, token_program, mint]`).
+pub fn associated_token_address(owner: &Pubkey, mint: &Pubkey, token_program: &Pubkey) -> Pubkey {
+    Pubkey::find_program_address(
+        &[&owner.0, &token_program.0, &mint.0],
+        &ASSOCIATED_TOKEN_PROGRAM_ID,
+    )
+    .map(|(k, _)| k)
+    // Three 32-byte seeds are always valid and a bump exists with
+    // overwhelming probability (2^-256 otherwise); fall back to default.
+    .unwrap_or_default()
+}
+
+impl fmt::Display for Pubkey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&bs58::encode(self.0).into_string())
+    }
+}
+
+impl fmt::Debug for Pubkey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pubkey({self})")
+    }
+}
+
+impl FromStr for Pubkey {
+    type Err = PubkeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // 32 bytes are at most 44 base58 chars; refuse longer input early.
+        if s.len() > 44 {
+            return Err(PubkeyError::InvalidBase58(s.to_string()));
+        }
+        let mut out = [0u8; 32];
+        let n = bs58::decode(s)
+            .onto(&mut out)
+            .map_err(|_| PubkeyError::InvalidBase58(s.to_string()))?;
+        if n != 32 {
+            return Err(PubkeyError::WrongLength(n));
+        }
+        Ok(Pubkey(out))
+    }
+}
+
+impl From<[u8; 32]> for Pubkey {
+    fn from(b: [u8; 32]) -> Self {
+        Pubkey(b)
+    }
+}
+
+impl serde::Serialize for Pubkey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pubkey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s: std::borrow::Cow<'de, str> = serde::Deserialize::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base58_round_trip() -> Result<(), PubkeyError> {
+        let s = "MFv2hWf31Z9kbCa1snEPYctwafyhdvnV7FZnsebVacA";
+        let k: Pubkey = s.parse()?;
+        assert_eq!(k.to_string(), s);
+        assert_eq!(
+            Pubkey::default().to_string(),
+            "11111111111111111111111111111111"
+        );
+        assert!("0OIl".parse::<Pubkey>().is_err());
+        assert!("abc".parse::<Pubkey>().is_err());
+        assert_eq!(
+            Pubkey::from_slice(&[0; 31]),
+            Err(PubkeyError::WrongLength(31))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn ata_matches_an_independent_derivation() -> Result<(), PubkeyError> {
+        // Pinned from an independent Python derivation (hashlib sha256 and a
+        // Legendre-symbol curve check), both with bump 255.
+        let owner: Pubkey = "4qp6Fx6tnZkY5Wropq9wUYgtFxXKwE6viZxFHg3rdAG8".parse()?;
+        let ata = associated_token_address(&owner, &WRAPPED_SOL_MINT, &TOKEN_PROGRAM_ID);
+        assert_eq!(
+            ata.to_string(),
+            "9br3YgPUzyXPCFCKYpD5PxpFsSLcyqrh3yNzF7bc4wSM"
+        );
+        let usdc: Pubkey = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v".parse()?;
+        let ata = associated_token_address(&owner, &usdc, &TOKEN_2022_PROGRAM_ID);
+        assert_eq!(
+            ata.to_string(),
+            "DUrFqF1GtJr8MAaekzYUzjEBquXopaQGRhCeAj8XAGCb"
+        );
+        let (again, bump) = Pubkey::find_program_address(
+            &[&owner.0, &TOKEN_2022_PROGRAM_ID.0, &usdc.0],
+            &ASSOCIATED_TOKEN_PROGRAM_ID,
+        )?;
+        assert_eq!((again, bump), (ata, 255));
+        assert!(!ata.is_on_curve());
+        Ok(())
+    }
+}
