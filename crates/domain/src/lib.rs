@@ -11,12 +11,14 @@
 //! - [`write`]: bulk and overwrite planning shared by all backends, so each
 //!   backend only loads rows and applies a plan.
 //! - [`change`]: revisions and change records for the change stream.
+//! - [`json`]: offers as JSON with wire field names (feeds, `offersctl`).
 //!
 //! Architecture invariant: this crate does no I/O and knows nothing of gRPC,
 //! SQL or HTTP.
 
 pub mod change;
 pub mod error;
+pub mod json;
 pub mod offer;
 pub mod query;
 pub mod time;
