@@ -18,6 +18,27 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The archive tests start an S3-compatible server (moto) themselves; install
+# it into the venv first. Reinstall only when its pinned requirements change.
+step "python venv for the S3 archive test (moto)"
+VENV="$ROOT/.venv-ci"
+S3_REQS="$ROOT/tests/python/requirements-s3.txt"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+if ! cmp -s "$S3_REQS" "$VENV/.requirements-s3.installed"; then
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$S3_REQS"
+    cp "$S3_REQS" "$VENV/.requirements-s3.installed"
+fi
+export MOTO_SERVER_BIN="${MOTO_SERVER_BIN:-$VENV/bin/moto_server}"
+
+# A throwaway PostgreSQL server for the PostgreSQL backend's tests
+# (unless TEST_DATABASE_URL already names one); stopped on exit.
+step "start a throwaway PostgreSQL"
+source "$ROOT/scripts/pg.sh"
+trap pg_stop EXIT
+pg_start
+
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run --workspace"
     cargo nextest run --workspace

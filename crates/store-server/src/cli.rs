@@ -29,7 +29,8 @@ pub struct Cli {
     pub http_addr: SocketAddr,
 
     /// Where offers are kept: `sqlite://./rel.db`, `sqlite:///abs.db`,
-    /// `sqlite:rel.db` or `memory://` (`postgres://` is not available yet).
+    /// `sqlite:rel.db`, `memory://` or `postgres://USER:PASS@HOST:PORT/DB`
+    /// (several `store` instances may share one PostgreSQL database).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -37,6 +38,17 @@ pub struct Cli {
         value_parser = DatabaseUrl::parse
     )]
     pub database_url: DatabaseUrl,
+
+    /// PostgreSQL only: connections in each instance's pool.
+    #[arg(long, env = "STORE_PG_POOL_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub pg_pool_size: u32,
+
+    /// PostgreSQL only: the server-side limit on one statement, e.g. `30s`
+    /// or `500ms`; exceeding it is DEADLINE_EXCEEDED.
+    #[arg(long, env = "STORE_PG_STATEMENT_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    pub pg_statement_timeout: std::time::Duration,
 
     /// Most offers one unary bulk request may carry.
     #[arg(long, env = "STORE_MAX_BULK_ITEMS", default_value_t = 10_000,
@@ -46,6 +58,71 @@ pub struct Cli {
     /// Largest gRPC message accepted, in bytes (default: the service's own).
     #[arg(long, env = "STORE_MAX_MESSAGE_BYTES", value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_message_bytes: Option<u32>,
+
+    /// How often subscriptions get a heartbeat, e.g. `30s` or `500ms`.
+    #[arg(long, env = "STORE_HEARTBEAT", default_value = "30s", value_parser = parse_heartbeat)]
+    pub heartbeat: std::time::Duration,
+
+    /// Most concurrent subscriptions; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STORE_MAX_SUBSCRIBERS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscribers: u32,
+
+    /// Bearer token every mutating RPC must carry (`authorization: Bearer
+    /// <token>`); writes are open when neither this nor the file is set.
+    #[arg(long, env = "STORE_WRITE_TOKEN", hide_env_values = true,
+          conflicts_with = "write_token_file", value_parser = parse_secret)]
+    pub write_token: Option<store_service::Secret>,
+
+    /// File holding the write token (surrounding whitespace ignored).
+    #[arg(long, env = "STORE_WRITE_TOKEN_FILE")]
+    pub write_token_file: Option<PathBuf>,
+
+    /// Bearer token every RPC of the service needs (the write token also
+    /// works); reads are open when neither this nor the file is set.
+    #[arg(long, env = "STORE_READ_TOKEN", hide_env_values = true,
+          conflicts_with = "read_token_file", value_parser = parse_secret)]
+    pub read_token: Option<store_service::Secret>,
+
+    /// File holding the read token.
+    #[arg(long, env = "STORE_READ_TOKEN_FILE")]
+    pub read_token_file: Option<PathBuf>,
+
+    /// PEM certificate chain of the gRPC port; with `--tls-key`, the port
+    /// speaks TLS only.
+    #[arg(long, env = "STORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key matching `--tls-cert`.
+    #[arg(long, env = "STORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "STORE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Most HTTP/2 streams (concurrent calls) per connection; the client
+    /// queues the excess. Default: unlimited.
+    #[arg(long, env = "STORE_MAX_CONCURRENT_STREAMS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: Option<u32>,
+
+    /// Longest a call may run before its response, whatever deadline the
+    /// client asked for, e.g. `60s`; longer calls get RESOURCE_EXHAUSTED.
+    /// Subscriptions, once open, are not cut. Default: no ceiling.
+    #[arg(long, env = "STORE_MAX_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub max_request_timeout: Option<std::time::Duration>,
+
+    /// Write a snapshot of the whole book to this archive every
+    /// `--archive-every` (file:///dir, s3://bucket/prefix, gs://..., az://...),
+    /// in the format the backfillers' glacier source restores.
+    #[arg(long, env = "STORE_ARCHIVE_URL")]
+    pub archive_url: Option<String>,
+
+    /// Interval of the scheduled archive export, e.g. `6h`; the first
+    /// snapshot is written one interval after start-up.
+    #[arg(long, env = "STORE_ARCHIVE_EVERY", default_value = "6h", value_parser = parse_duration)]
+    pub archive_every: std::time::Duration,
 
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -70,6 +147,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// A positive duration such as `30s`, `500ms` or `1m`.
+pub fn parse_heartbeat(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid heartbeat {s:?}: {e} (e.g. 30s, 500ms)"))?;
+    if d.is_zero() {
+        return Err(format!("invalid heartbeat {s:?}: must be positive"));
+    }
+    Ok(d)
+}
+
 /// Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces).
 pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
     let s = s.trim();
@@ -92,6 +179,48 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(bad)
 }
 
+/// Parses `30s`, `500ms`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let d = if let Ok(secs) = s.parse::<u64>() {
+        std::time::Duration::from_secs(secs)
+    } else {
+        humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?
+    };
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: must be positive"));
+    }
+    Ok(d)
+}
+
+/// A PostgreSQL URL; its `Debug` and `Display` hide credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgUrl(String);
+
+impl PgUrl {
+    /// The full URL, credentials included: for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keep host and database; drop user info and the query string,
+        // either of which may hold a password.
+        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+        write!(f, "postgres://{rest}")
+    }
+}
+
+impl fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PgUrl({self})")
+    }
+}
+
 /// A parsed `--database-url`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -99,8 +228,8 @@ pub enum DatabaseUrl {
     Sqlite(PathBuf),
     /// Nothing kept across restarts.
     Memory,
-    /// Recognised, but the backend is not built yet.
-    Postgres,
+    /// A PostgreSQL database, shared by any number of instances.
+    Postgres(PgUrl),
 }
 
 impl DatabaseUrl {
@@ -125,7 +254,7 @@ impl DatabaseUrl {
                 Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
             }
             "memory" | "mem" => Ok(DatabaseUrl::Memory),
-            "postgres" | "postgresql" => Ok(DatabaseUrl::Postgres),
+            "postgres" | "postgresql" => Ok(DatabaseUrl::Postgres(PgUrl(s.to_owned()))),
             other => Err(format!(
                 "unsupported database URL scheme {other:?}: expected sqlite://PATH, memory:// or postgres://..."
             )),
@@ -139,9 +268,19 @@ impl fmt::Display for DatabaseUrl {
         match self {
             DatabaseUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
             DatabaseUrl::Memory => f.write_str("memory://"),
-            DatabaseUrl::Postgres => f.write_str("postgres://…"),
+            DatabaseUrl::Postgres(url) => url.fmt(f),
         }
     }
+}
+
+/// A token from a flag or env var; an empty one is refused rather than
+/// silently meaning "no auth".
+fn parse_secret(s: &str) -> Result<store_service::Secret, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("the token is empty".into());
+    }
+    Ok(store_service::Secret::new(t))
 }
 
 #[cfg(test)]
@@ -191,13 +330,18 @@ mod tests {
             Sqlite("rel.db".into())
         );
         assert_eq!(p("memory://").unwrap(), Memory);
-        assert_eq!(p("postgres://u:secret@h/db").unwrap(), Postgres);
-        assert!(
-            !p("postgres://u:secret@h/db")
-                .unwrap()
-                .to_string()
-                .contains("secret")
+        assert_eq!(
+            p("postgres://u:secret@h/db").unwrap(),
+            Postgres(PgUrl("postgres://u:secret@h/db".into()))
         );
+        for url in [
+            "postgres://u:secret@h/db",
+            "postgresql://h/db?password=secret",
+        ] {
+            let parsed = p(url).unwrap();
+            assert!(!parsed.to_string().contains("secret"), "{parsed}");
+            assert!(!format!("{parsed:?}").contains("secret"), "{parsed:?}");
+        }
         for bad in ["mysql://x", "sqlite://", "sqlite:", "offers.db", ""] {
             assert!(p(bad).is_err(), "{bad}");
         }

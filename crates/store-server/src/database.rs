@@ -5,8 +5,22 @@ use crate::cli::DatabaseUrl;
 use offer_store::SharedStore;
 use std::sync::Arc;
 
-/// Opens the store; SQLite files get their directory created first.
+/// Tuning of the PostgreSQL backend (ignored by the others).
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    pub postgres: store_postgres::PgOptions,
+}
+
+/// Opens the store with default tuning.
 pub async fn open_store(url: &DatabaseUrl) -> Result<SharedStore, Error> {
+    open_store_with(url, &BackendOptions::default()).await
+}
+
+/// Opens the store; SQLite files get their directory created first.
+pub async fn open_store_with(
+    url: &DatabaseUrl,
+    options: &BackendOptions,
+) -> Result<SharedStore, Error> {
     match url {
         DatabaseUrl::Memory => Ok(Arc::new(store_memory::MemoryStore::new())),
         DatabaseUrl::Sqlite(path) => {
@@ -23,8 +37,11 @@ pub async fn open_store(url: &DatabaseUrl) -> Result<SharedStore, Error> {
                 .map_err(|e| Error::Database(format!("cannot open {url}: {e}")))?;
             Ok(Arc::new(store))
         }
-        DatabaseUrl::Postgres => Err(Error::Database(
-            "PostgreSQL backend not available yet; use sqlite://PATH or memory://".to_owned(),
-        )),
+        DatabaseUrl::Postgres(pg) => {
+            let store = store_postgres::PgStore::connect(pg.expose(), options.postgres.clone())
+                .await
+                .map_err(|e| Error::Database(format!("cannot open {url}: {e}")))?;
+            Ok(Arc::new(store))
+        }
     }
 }

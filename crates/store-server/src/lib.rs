@@ -8,6 +8,7 @@
 //! calls finish (bounded by `--shutdown-timeout`), then the store is closed so
 //! the database is left clean.
 
+pub mod archive;
 pub mod cli;
 pub mod database;
 pub mod http;
@@ -22,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use cli::DatabaseUrl;
-pub use database::open_store;
+pub use database::{BackendOptions, open_store, open_store_with};
 
 /// Why the server could not start or stopped badly. Every message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,10 @@ pub enum Error {
     Close(String),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("{0}")]
+    Archive(String),
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Installs the global tracing subscriber, writing to stdout (stderr is kept
@@ -112,17 +117,71 @@ impl Listeners {
     }
 }
 
-/// The service configuration the flags describe.
-pub fn service_config(cli: &Cli) -> store_service::ServiceConfig {
+/// The service configuration the flags describe; reads the token and TLS
+/// files, so a missing or empty one stops start-up.
+pub fn service_config(cli: &Cli) -> Result<store_service::ServiceConfig, Error> {
     let mut cfg = store_service::ServiceConfig {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         ..Default::default()
     };
     cfg.max_bulk_items = cli.max_bulk_items as usize;
+    cfg.heartbeat_interval = cli.heartbeat;
+    cfg.max_subscribers = cli.max_subscribers as usize;
     if let Some(bytes) = cli.max_message_bytes {
         cfg.max_message_bytes = bytes as usize;
     }
-    cfg
+    cfg.write_token = token(
+        cli.write_token.as_ref(),
+        cli.write_token_file.as_deref(),
+        "write",
+    )?;
+    cfg.read_token = token(
+        cli.read_token.as_ref(),
+        cli.read_token_file.as_deref(),
+        "read",
+    )?;
+    cfg.max_concurrent_streams = cli.max_concurrent_streams;
+    cfg.max_request_timeout = cli.max_request_timeout;
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        cfg.tls = Some(store_service::TlsConfig {
+            cert_pem: read_pem(cert, "--tls-cert")?,
+            key_pem: read_pem(key, "--tls-key")?,
+            client_ca_pem: cli
+                .tls_client_ca
+                .as_deref()
+                .map(|p| read_pem(p, "--tls-client-ca"))
+                .transpose()?,
+        });
+    }
+    Ok(cfg)
+}
+
+fn token(
+    flag: Option<&store_service::Secret>,
+    file: Option<&std::path::Path>,
+    which: &str,
+) -> Result<Option<store_service::Secret>, Error> {
+    let Some(path) = file else {
+        return Ok(flag.cloned());
+    };
+    let secret = store_service::Secret::from_file(path).map_err(|e| {
+        Error::Security(format!(
+            "cannot read the {which} token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    if secret.is_empty() {
+        return Err(Error::Security(format!(
+            "the {which} token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Some(secret))
+}
+
+fn read_pem(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|e| Error::Security(format!("cannot read {flag} {}: {e}", path.display())))
 }
 
 /// Opens the database, binds both ports and serves until `shutdown`
@@ -132,8 +191,20 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    if let Some(url) = &cli.archive_url {
+        archive::check_url(url).map_err(Error::Archive)?;
+    }
+    // Before opening the database: a bad token or TLS file fails fast.
+    let svc_cfg = service_config(cli)?;
     tracing::info!(database = %cli.database_url, "opening store");
-    let store = open_store(&cli.database_url).await?;
+    let backend = BackendOptions {
+        postgres: store_postgres::PgOptions {
+            pool_size: cli.pg_pool_size as usize,
+            statement_timeout: cli.pg_statement_timeout,
+            ..Default::default()
+        },
+    };
+    let store = open_store_with(&cli.database_url, &backend).await?;
     let listeners = match Listeners::bind(cli.addr, cli.http_addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -141,15 +212,31 @@ pub async fn run(
             return Err(e);
         }
     };
-    serve(
+    let archiver = cli
+        .archive_url
+        .clone()
+        .map(|url| archive::spawn(store.clone(), url, cli.archive_every));
+    // Stop exporting as soon as shutdown starts, before the store is closed.
+    let abort = archiver.as_ref().map(|h| h.abort_handle());
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(a) = abort {
+            a.abort();
+        }
+    };
+    let res = serve(
         store,
-        service_config(cli),
+        svc_cfg,
         listeners,
         metrics,
         shutdown,
         Duration::from_secs(cli.shutdown_timeout),
     )
-    .await
+    .await;
+    if let Some(h) = archiver {
+        h.abort();
+    }
+    res
 }
 
 /// Serves gRPC and HTTP on `listeners` until `shutdown`, then closes `store`.

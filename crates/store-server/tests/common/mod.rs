@@ -23,6 +23,10 @@ const ENV_VARS: &[&str] = &[
     "LOG_LEVEL",
     "RUST_LOG",
     "STORE_SHUTDOWN_TIMEOUT",
+    "STORE_PG_POOL_SIZE",
+    "STORE_PG_STATEMENT_TIMEOUT",
+    "STORE_ARCHIVE_URL",
+    "STORE_ARCHIVE_EVERY",
 ];
 
 pub fn command(args: &[&str]) -> Command {
