@@ -288,174 +288,9 @@ const ISOLATED: [&str; 2] = [
 /// The PYUSD bank, over its borrow limit: 0 available as borrow side.
 const PYUSD_BANK: &str = "8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu";
 
-/// (kind, id, available, open LTV, liquidation LTV, APR) of every offer of
-/// the main group: copied verbatim from `FIXTURE_OFFERS` in
-/// crates/solana/tests/marginfi.rs, where derive_marginfi.py (Python, from
-/// the raw bytes and the spec's formulas, not from the Rust code) printed them.
-type ExpOffer = (&'static str, &'static str, f64, f64, f64, f64);
-
-const MARGINFI_OFFERS: &[ExpOffer] = &[
-    (
-        "offer",
-        "marginfi:8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu:4kNXetv8hSv9PzvzPZzEs1CTH6ARRRi2b8h6jk1ad1nP",
-        0.0,
-        0.3599999904632568,
-        0.6333333253860474,
-        0.01966529238379202,
-    ),
-    (
-        "offer",
-        "marginfi:8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu:Bohoc1ikHLD7xKJuzTyiTyCwzaL5N7ggJQu75A8mKYM8",
-        419648.1118111924,
-        0.6923076739678012,
-        0.7916666567325596,
-        0.020557516874286433,
-    ),
-    (
-        "offer",
-        "marginfi:8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu:DeyH7QxWvnbbaVB4zFrf4hoq7Q8z1ZT14co42BGwGtfM",
-        16187597661.19936,
-        0.6923076993614967,
-        0.7916666252745539,
-        0.015005629507523294,
-    ),
-    (
-        "offer",
-        "marginfi:8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu:H6bfRmfZPoxDDs8eoVBgouTPowwyv7opfBbHd5KUmuUz",
-        63.0,
-        0.3599999904632568,
-        0.6333333253860474,
-        0.010000000000001563,
-    ),
-    (
-        "offer",
-        "marginfi:8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu:HmpMfL8942u22htC4EMiWgLX931g3sacXFR6KjuLgKLV",
-        9963500.30996553,
-        0.7199999809265136,
-        0.8636363527991544,
-        0.21558754324175097,
-    ),
-    (
-        "offer",
-        "marginfi:Bohoc1ikHLD7xKJuzTyiTyCwzaL5N7ggJQu75A8mKYM8:4kNXetv8hSv9PzvzPZzEs1CTH6ARRRi2b8h6jk1ad1nP",
-        0.0,
-        0.25999999046325684,
-        0.5333333412806193,
-        0.01966529238379202,
-    ),
-    (
-        "offer",
-        "marginfi:Bohoc1ikHLD7xKJuzTyiTyCwzaL5N7ggJQu75A8mKYM8:8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu",
-        0.0,
-        0.5199999809265137,
-        0.7272727381099344,
-        0.01656388832944882,
-    ),
-    (
-        "offer",
-        "marginfi:Bohoc1ikHLD7xKJuzTyiTyCwzaL5N7ggJQu75A8mKYM8:DeyH7QxWvnbbaVB4zFrf4hoq7Q8z1ZT14co42BGwGtfM",
-        16187597661.19936,
-        0.5,
-        0.6666666501098215,
-        0.015005629507523294,
-    ),
-    (
-        "offer",
-        "marginfi:Bohoc1ikHLD7xKJuzTyiTyCwzaL5N7ggJQu75A8mKYM8:H6bfRmfZPoxDDs8eoVBgouTPowwyv7opfBbHd5KUmuUz",
-        63.0,
-        0.25999999046325684,
-        0.5333333412806193,
-        0.010000000000001563,
-    ),
-    (
-        "offer",
-        "marginfi:Bohoc1ikHLD7xKJuzTyiTyCwzaL5N7ggJQu75A8mKYM8:HmpMfL8942u22htC4EMiWgLX931g3sacXFR6KjuLgKLV",
-        9963500.30996553,
-        0.5199999809265137,
-        0.7272727381099344,
-        0.21558754324175097,
-    ),
-    (
-        "offer",
-        "marginfi:DeyH7QxWvnbbaVB4zFrf4hoq7Q8z1ZT14co42BGwGtfM:4kNXetv8hSv9PzvzPZzEs1CTH6ARRRi2b8h6jk1ad1nP",
-        0.0,
-        0.2,
-        0.4333333174387614,
-        0.01966529238379202,
-    ),
-    (
-        "offer",
-        "marginfi:DeyH7QxWvnbbaVB4zFrf4hoq7Q8z1ZT14co42BGwGtfM:8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu",
-        0.0,
-        0.4,
-        0.5909090692346739,
-        0.01656388832944882,
-    ),
-    (
-        "offer",
-        "marginfi:DeyH7QxWvnbbaVB4zFrf4hoq7Q8z1ZT14co42BGwGtfM:Bohoc1ikHLD7xKJuzTyiTyCwzaL5N7ggJQu75A8mKYM8",
-        419648.1118111924,
-        0.3846153846153844,
-        0.5416666467984521,
-        0.020557516874286433,
-    ),
-    (
-        "offer",
-        "marginfi:DeyH7QxWvnbbaVB4zFrf4hoq7Q8z1ZT14co42BGwGtfM:H6bfRmfZPoxDDs8eoVBgouTPowwyv7opfBbHd5KUmuUz",
-        63.0,
-        0.2,
-        0.4333333174387614,
-        0.010000000000001563,
-    ),
-    (
-        "offer",
-        "marginfi:DeyH7QxWvnbbaVB4zFrf4hoq7Q8z1ZT14co42BGwGtfM:HmpMfL8942u22htC4EMiWgLX931g3sacXFR6KjuLgKLV",
-        9963500.30996553,
-        0.4,
-        0.5909090692346739,
-        0.21558754324175097,
-    ),
-    (
-        "offer",
-        "marginfi:HmpMfL8942u22htC4EMiWgLX931g3sacXFR6KjuLgKLV:4kNXetv8hSv9PzvzPZzEs1CTH6ARRRi2b8h6jk1ad1nP",
-        0.0,
-        0.4,
-        0.6666666666666666,
-        0.01966529238379202,
-    ),
-    (
-        "offer",
-        "marginfi:HmpMfL8942u22htC4EMiWgLX931g3sacXFR6KjuLgKLV:8UEiPmgZHXXEDrqLS3oiTxQxTbeYTtPbeMBxAd2XGbpu",
-        0.0,
-        0.8,
-        0.909090909090908,
-        0.01656388832944882,
-    ),
-    (
-        "offer",
-        "marginfi:HmpMfL8942u22htC4EMiWgLX931g3sacXFR6KjuLgKLV:Bohoc1ikHLD7xKJuzTyiTyCwzaL5N7ggJQu75A8mKYM8",
-        419648.1118111924,
-        0.7692307692307688,
-        0.8333333333333338,
-        0.020557516874286433,
-    ),
-    (
-        "offer",
-        "marginfi:HmpMfL8942u22htC4EMiWgLX931g3sacXFR6KjuLgKLV:DeyH7QxWvnbbaVB4zFrf4hoq7Q8z1ZT14co42BGwGtfM",
-        16187597661.19936,
-        0.7692307974459868,
-        0.8333333002196431,
-        0.015005629507523294,
-    ),
-    (
-        "offer",
-        "marginfi:HmpMfL8942u22htC4EMiWgLX931g3sacXFR6KjuLgKLV:H6bfRmfZPoxDDs8eoVBgouTPowwyv7opfBbHd5KUmuUz",
-        63.0,
-        0.4,
-        0.6666666666666666,
-        0.010000000000001563,
-    ),
-];
+// Every offer of the main group, as derive_marginfi.py printed them from the
+// raw bytes and the spec's formulas; shared with crates/solana/tests/marginfi.rs.
+include!("../../solana/tests/fixtures/marginfi_offers.rs");
 
 // -------------------------------------------------------------------- test
 
@@ -525,7 +360,7 @@ async fn check_lavarage(client: &GrpcStore) {
 async fn check_marginfi(client: &GrpcStore) {
     let got = offers_of(client, "marginfi").await;
     let ids: Vec<&str> = got.iter().map(|o| o.id.as_str()).collect();
-    let want_ids: Vec<&str> = MARGINFI_OFFERS.iter().map(|e| e.1).collect();
+    let want_ids: Vec<&str> = FIXTURE_OFFERS.iter().map(|e| e.1).collect();
     assert_eq!(ids, want_ids, "exactly the pairs of the main group");
     let mint = |bank: &str| {
         BANK_MINTS
@@ -534,7 +369,7 @@ async fn check_marginfi(client: &GrpcStore) {
             .map(|(_, m)| *m)
             .unwrap_or_else(|| panic!("bank {bank} not in the main group"))
     };
-    for ((kind, id, avail, open, liq, rate), o) in MARGINFI_OFFERS.iter().zip(&got) {
+    for ((kind, id, avail, open, liq, rate), o) in FIXTURE_OFFERS.iter().zip(&got) {
         assert_eq!(*kind, "offer");
         let mut parts = id.split(':').skip(1);
         let (c, b) = (parts.next().unwrap(), parts.next().unwrap());
@@ -592,7 +427,7 @@ async fn chain_run_once_against_a_local_rpc() {
         "--config",
         cfg.to_str().unwrap(),
     ];
-    let n = 5 + MARGINFI_OFFERS.len();
+    let n = 5 + FIXTURE_OFFERS.len();
 
     // First run: exactly the offers the two rules define.
     let r = run_backfillers(&args).await;
