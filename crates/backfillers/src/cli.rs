@@ -2,7 +2,7 @@
 
 use backfill::SourceKind;
 use clap::{Parser, ValueEnum};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,26 +104,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces), as `store` does.
-pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    let s = s.trim();
-    let bad = || format!("invalid address {s:?}: expected HOST:PORT or :PORT");
-    if let Some(port) = s.strip_prefix(':') {
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
-    }
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-        _ => return Err(bad()),
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("invalid address {s:?}: {e}"))?
-        .next()
-        .ok_or_else(bad)
-}
+pub use service_kit::parse_listen_addr;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! Flags and environment of the `realtime-etl` binary.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 use solana_sources::Pubkey;
@@ -72,22 +72,7 @@ pub fn parse_program(s: &str) -> Result<Program, String> {
     })
 }
 
-/// Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces).
-pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    let s = s.trim();
-    let bad = || format!("invalid address {s:?}: expected HOST:PORT or :PORT");
-    if let Some(port) = s.strip_prefix(':') {
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
-    }
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("invalid address {s:?}: {e}"))?
-        .next()
-        .ok_or_else(bad)
-}
+pub use service_kit::parse_listen_addr;
 
 #[cfg(test)]
 mod tests {
