@@ -59,7 +59,7 @@ BENCH_DB_URL="${TEST_DATABASE_URL%/*}/loadgen_bench"
 psql -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS loadgen_bench" -c "CREATE DATABASE loadgen_bench"
 
 rss_of() { # pid -> "VmRSS=… VmHWM=…" (MiB)
-    awk '/^VmRSS|^VmHWM/ {printf "%s=%.0fMiB ", $1, $2/1024}' "/proc/$1/status"
+    awk '/^VmRSS|^VmHWM/ {sub(":", "", $1); printf "%s=%.0fMiB ", $1, $2/1024}' "/proc/$1/status"
 }
 
 declare -A SUMMARY

@@ -184,6 +184,8 @@ pub async fn run(common: &Common, args: &RunArgs) -> anyhow::Result<RunReport> {
     floor_all.merge(&before);
     floor_elapsed += took;
     for mix in args.mix.expand() {
+        // Progress on stderr: the table comes at the end.
+        eprintln!("loadgen: running {mix:?}");
         let mut peer_rec = None;
         let (rec, elapsed) = match mix {
             Mix::Get => mixes::get(&ctx).await?,
