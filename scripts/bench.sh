@@ -13,7 +13,8 @@
 # FANOUT_OFFERS (10000), OVERWRITE_OFFERS (100000), BACKENDS ("memory sqlite
 # postgres"), TEST_DATABASE_URL (a PostgreSQL server to use; otherwise
 # scripts/pg.sh starts a throwaway one). The PostgreSQL backend and the peer
-# use a database `loadgen_bench` on that server, dropped and recreated.
+# use a database `loadgen_bench` on that server, dropped and recreated, and
+# dropped again on exit.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -45,6 +46,10 @@ stop_store() {
 }
 cleanup() {
     stop_store
+    # The benchmark's database holds a million-offer copy or two: not kept.
+    if [[ -n "${TEST_DATABASE_URL:-}" ]]; then
+        psql -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS loadgen_bench" >/dev/null 2>&1 || true
+    fi
     pg_stop
     rm -rf "$WORK"
 }
