@@ -19,7 +19,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Bytes, http};
 use tonic::server::NamedService;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::TcpConnectInfo;
 use tower::Service;
 
 /// A credential. Its `Debug` and `Display` never show the value, so it can
@@ -147,17 +147,14 @@ fn bearer(headers: &http::HeaderMap) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-/// The peer of the TCP connection a request came on (plain or TLS); `None`
-/// when the server was not built by tonic's transport (e.g. `routes()`
-/// mounted elsewhere), where connections cannot be told apart.
+/// The peer of the TCP connection a request came on; tonic's transport
+/// records it for TLS connections too. `None` when the server was not built
+/// by tonic's transport (e.g. `routes()` mounted elsewhere), where
+/// connections cannot be told apart.
 fn peer_addr(req: &http::Request<Body>) -> Option<SocketAddr> {
-    let ext = req.extensions();
-    ext.get::<TcpConnectInfo>()
+    req.extensions()
+        .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|i| i.get_ref().remote_addr())
-        })
 }
 
 /// In-flight calls per client connection. A connection is its peer address:

@@ -277,6 +277,34 @@ async fn tls_round_trip_and_plaintext_refused() {
 }
 
 #[tokio::test]
+async fn stream_limit_tells_tls_connections_apart() {
+    let p = pki();
+    let s = start(ServiceConfig {
+        max_concurrent_streams: Some(1),
+        ..tls_cfg(&p, false)
+    })
+    .await;
+    let client = tls_client(s.addr, ClientTls::default().with_ca_pem(p.ca_pem.clone())).await;
+    // An open watch holds the connection's one slot once it is established.
+    let _watch = client.watch(store_client::WatchRequest::default());
+    eventually(
+        "the watch takes the only slot",
+        || client.get("t"),
+        |r| {
+            matches!(r, Err(offer_domain::StoreError::ResourceExhausted(m))
+                if m.contains("too many concurrent streams on this connection (limit 1"))
+        },
+    )
+    .await;
+    // Another TLS connection has a slot of its own.
+    let other = tls_client(s.addr, ClientTls::default().with_ca_pem(p.ca_pem.clone())).await;
+    assert!(matches!(
+        other.get("t").await,
+        Err(offer_domain::StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
 async fn mtls_requires_a_client_certificate() {
     let p = pki();
     let s = start(tls_cfg(&p, true)).await;
