@@ -101,8 +101,8 @@ pub struct Cli {
     #[arg(long, env = "STORE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Most HTTP/2 streams (concurrent calls) per connection; the client
-    /// queues the excess. Default: unlimited.
+    /// Most in-flight calls of the service (unary and streaming) per client
+    /// connection; more get RESOURCE_EXHAUSTED. Default: unlimited.
     #[arg(long, env = "STORE_MAX_CONCURRENT_STREAMS",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: Option<u32>,

@@ -82,8 +82,13 @@ pub struct ServiceConfig {
     /// Ceiling on how long one call may run before its response, whatever
     /// deadline the client asked for; over it: RESOURCE_EXHAUSTED.
     pub max_request_timeout: Option<Duration>,
-    /// HTTP/2 streams one connection may have open at once (SETTINGS
-    /// advertised to the client, which queues the excess). Used by [`serve`].
+    /// In-flight calls of the service (unary and streaming alike) one client
+    /// connection may have; more get RESOURCE_EXHAUSTED "too many concurrent
+    /// streams on this connection". Health and reflection do not count.
+    /// Needs tonic's transport to tell connections apart ([`serve`], or a
+    /// tonic `Server` of the caller's); elsewhere calls are not counted.
+    /// [`serve`] advertises an HTTP/2 stream limit above it, so clients see
+    /// the error rather than queue.
     pub max_concurrent_streams: Option<u32>,
     /// TLS on the gRPC port (used by [`serve`]); plaintext when `None`.
     pub tls: Option<TlsConfig>,
@@ -165,6 +170,12 @@ pub fn routes(store: SharedStore, cfg: ServiceConfig) -> Routes {
     assemble(store, cfg, stop, health)
 }
 
+/// HTTP/2 streams a connection may open beyond the service's own limit:
+/// room for health probes and reflection, and for excess calls to reach the
+/// service and be refused with a clear status instead of queueing in the
+/// client.
+const TRANSPORT_STREAM_HEADROOM: u32 = 32;
+
 /// Serves [`routes`] on `listener` until `shutdown` resolves, then stops
 /// accepting, ends open subscriptions and waits for in-flight calls.
 pub async fn serve(
@@ -183,7 +194,9 @@ pub async fn serve(
         reporter,
         cfg.health_poll_interval,
     ));
-    let max_streams = cfg.max_concurrent_streams;
+    let transport_streams = cfg
+        .max_concurrent_streams
+        .map(|n| n.saturating_add(TRANSPORT_STREAM_HEADROOM));
     let tls = cfg.tls.clone();
     let routes = assemble(store, cfg, stop.clone(), health);
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -192,7 +205,7 @@ pub async fn serve(
             let _ = s.set_nodelay(true);
         })
     });
-    let mut builder = tonic::transport::Server::builder().max_concurrent_streams(max_streams);
+    let mut builder = tonic::transport::Server::builder().max_concurrent_streams(transport_streams);
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.server_config())?;
     }
@@ -219,6 +232,7 @@ fn assemble(
         write_token: cfg.write_token.clone().filter(|t| !t.is_empty()),
         read_token: cfg.read_token.clone().filter(|t| !t.is_empty()),
         max_request_timeout: cfg.max_request_timeout,
+        max_streams_per_connection: cfg.max_concurrent_streams,
     };
     // Subscriptions are served with pre-encoded, shared messages (raw.rs).
     let svc = raw::SubscribeRoute::new(MarginOfferGrpc::with_stop(store, cfg, stop), max);

@@ -1,21 +1,25 @@
-//! Bearer-token auth and the request deadline ceiling, as one tower wrapper
-//! around `MarginOfferServiceServer` keyed on the method path. Living on the
-//! service (not on the server builder) means `routes()` and `serve()` both
-//! get it, while health and reflection, separate services, stay open.
+//! Bearer-token auth, the per-connection stream limit and the request
+//! deadline ceiling, as one tower wrapper around `MarginOfferServiceServer`
+//! keyed on the method path. Living on the service (not on the server
+//! builder) means `routes()` and `serve()` both get it, while health and
+//! reflection, separate services, stay open (and uncounted).
 
 use crate::SERVICE_NAME;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::codegen::http;
+use tonic::codegen::{Bytes, http};
 use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
 use tower::Service;
 
 /// A credential. Its `Debug` and `Display` never show the value, so it can
@@ -84,6 +88,8 @@ pub(crate) struct Policy {
     pub write_token: Option<Secret>,
     pub read_token: Option<Secret>,
     pub max_request_timeout: Option<Duration>,
+    /// In-flight calls of the service one client connection may have.
+    pub max_streams_per_connection: Option<u32>,
 }
 
 impl Policy {
@@ -91,6 +97,7 @@ impl Policy {
         self.write_token.is_none()
             && self.read_token.is_none()
             && self.max_request_timeout.is_none()
+            && self.max_streams_per_connection.is_none()
     }
 
     /// `None` when the call may proceed.
@@ -140,11 +147,110 @@ fn bearer(headers: &http::HeaderMap) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Wraps the service: checks the token, then caps how long the call may run.
+/// The peer of the TCP connection a request came on; tonic's transport
+/// records it for TLS connections too. `None` when the server was not built
+/// by tonic's transport (e.g. `routes()` mounted elsewhere), where
+/// connections cannot be told apart.
+fn peer_addr(req: &http::Request<Body>) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+}
+
+/// In-flight calls per client connection. A connection is its peer address:
+/// unique among the listener's open connections, and an entry goes away
+/// with its last call, so a reused port starts from zero.
+#[derive(Default)]
+pub(crate) struct StreamCounts {
+    by_peer: Mutex<HashMap<SocketAddr, u32>>,
+}
+
+impl StreamCounts {
+    /// A slot for one more call from `peer`, or `None` at the limit.
+    fn try_acquire(self: &Arc<Self>, peer: SocketAddr, limit: u32) -> Option<StreamSlot> {
+        let mut map = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(peer).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            counts: self.clone(),
+            peer,
+        })
+    }
+
+    #[cfg(test)]
+    fn open(&self, peer: SocketAddr) -> u32 {
+        let map = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&peer).copied().unwrap_or(0)
+    }
+}
+
+/// One counted call; dropping it (the call's response ended, failed, or the
+/// client went away) frees the slot.
+pub(crate) struct StreamSlot {
+    counts: Arc<StreamCounts>,
+    peer: SocketAddr,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .by_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A response body that holds its call's slot until hyper drops it: after
+/// the last frame, or when the client cancels the stream.
+struct SlotBody {
+    inner: Body,
+    _slot: StreamSlot,
+}
+
+impl http_body::Body for SlotBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn hold_slot(resp: http::Response<Body>, slot: Option<StreamSlot>) -> http::Response<Body> {
+    match slot {
+        None => resp,
+        Some(slot) => resp.map(|inner| Body::new(SlotBody { inner, _slot: slot })),
+    }
+}
+
+/// Wraps the service: checks the token, takes a stream slot of the
+/// connection, then caps how long the call may run.
 #[derive(Clone)]
 pub(crate) struct Guard<S> {
     inner: S,
     policy: Arc<Policy>,
+    streams: Arc<StreamCounts>,
 }
 
 impl<S> Guard<S> {
@@ -152,6 +258,7 @@ impl<S> Guard<S> {
         Guard {
             inner,
             policy: Arc::new(policy),
+            streams: Arc::default(),
         }
     }
 }
@@ -192,8 +299,37 @@ where
                 .increment(1);
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
+        // Every call of the service counts, unary ones too: each holds an
+        // HTTP/2 stream and server work until its response ends.
+        let slot = match (self.policy.max_streams_per_connection, peer_addr(&req)) {
+            (Some(limit), Some(peer)) => match self.streams.try_acquire(peer, limit) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(method, %peer, limit, "refused a call over the stream limit");
+                    metrics::counter!(
+                        "grpc_server_stream_limit_rejected_total",
+                        "method" => method_label(method)
+                    )
+                    .increment(1);
+                    return Box::pin(std::future::ready(Ok(Status::resource_exhausted(
+                        format!(
+                            "too many concurrent streams on this connection (limit {limit}, \
+                             --max-concurrent-streams); wait for a call to end or open another connection"
+                        ),
+                    )
+                    .into_http())));
+                }
+            },
+            _ => None,
+        };
         let inner = self.inner.call(req);
-        let fut = async move { inner.await.map(oversize_is_exhausted) };
+        // The slot lives in the future until the response exists (a
+        // cancelled call drops both), then in the response body.
+        let fut = async move {
+            inner
+                .await
+                .map(|resp| hold_slot(oversize_is_exhausted(resp), slot))
+        };
         match self.policy.max_request_timeout {
             None => Box::pin(fut),
             Some(max) => Box::pin(async move {
@@ -285,6 +421,22 @@ mod tests {
         for shown in [format!("{s:?}"), format!("{s}"), format!("{cfg:?}")] {
             assert!(!shown.contains("hunter2"), "{shown}");
         }
+    }
+
+    #[test]
+    fn stream_slots_are_counted_per_peer_and_freed_on_drop() {
+        let counts = Arc::new(StreamCounts::default());
+        let a: SocketAddr = ([127, 0, 0, 1], 1000).into();
+        let b: SocketAddr = ([127, 0, 0, 1], 1001).into();
+        let first = counts.try_acquire(a, 2).expect("first");
+        let second = counts.try_acquire(a, 2).expect("second");
+        assert!(counts.try_acquire(a, 2).is_none(), "third over the limit");
+        let other = counts.try_acquire(b, 2).expect("another connection");
+        drop(first);
+        assert_eq!(counts.open(a), 1);
+        let again = counts.try_acquire(a, 2).expect("freed slot");
+        drop((second, again, other));
+        assert!(counts.by_peer.lock().unwrap().is_empty(), "no entry left");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The change stream end to end: real gRPC over loopback, memory and SQLite
-//! backends, concurrent writers, many subscribers, dropped connections.
+//! The change stream end to end: real gRPC over loopback, memory, SQLite
+//! and PostgreSQL backends, concurrent writers, many subscribers, dropped
+//! connections. The PostgreSQL variants use a fresh schema on the server
+//! named by `TEST_DATABASE_URL` (skipped without it, except in CI).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -28,9 +30,24 @@ use tonic::transport::Channel;
 
 // ---------------------------------------------------------------- harness
 
+// The PostgreSQL backend's own test support: URL lookup (CI must not skip),
+// unique schemas, and dropping them afterwards.
+#[path = "../../store-postgres/tests/support/mod.rs"]
+mod pg_support;
+
 enum Kind {
     Memory,
     Sqlite,
+    /// The server URL; each test server gets a schema of its own.
+    Postgres(String),
+}
+
+impl Kind {
+    /// PostgreSQL when `TEST_DATABASE_URL` is set; `None` skips the test
+    /// (outside CI, with a notice).
+    fn postgres() -> Option<Kind> {
+        pg_support::database_url().map(Kind::Postgres)
+    }
 }
 
 struct Server {
@@ -38,6 +55,8 @@ struct Server {
     store: SharedStore,
     stop: Option<oneshot::Sender<()>>,
     _dir: Option<tempfile::TempDir>,
+    /// Declared last, so the schema goes after the store is dropped.
+    _schema: Option<pg_support::DropSchema>,
 }
 
 impl Drop for Server {
@@ -50,6 +69,7 @@ impl Drop for Server {
 
 /// `retention`: change-log retention by count, with no age floor (None: defaults).
 async fn server(kind: Kind, cfg: ServiceConfig, retention: Option<usize>) -> Server {
+    let mut schema_guard = None;
     let (store, dir): (SharedStore, _) = match kind {
         Kind::Memory => {
             let s = match retention {
@@ -71,6 +91,24 @@ async fn server(kind: Kind, cfg: ServiceConfig, retention: Option<usize>) -> Ser
                 .unwrap();
             (Arc::new(s), Some(dir))
         }
+        Kind::Postgres(url) => {
+            let schema = pg_support::unique_schema();
+            schema_guard = Some(pg_support::DropSchema {
+                url: url.clone(),
+                schema: schema.clone(),
+            });
+            let mut opts = pg_support::options(&schema);
+            // Four writers plus the change hub and replaying subscribers.
+            opts.pool_size = 8;
+            if let Some(n) = retention {
+                opts.change_log_retention = n;
+                opts.change_log_min_age = Duration::ZERO;
+            }
+            let s = store_postgres::PgStore::connect(&url, opts)
+                .await
+                .expect("connect to the test PostgreSQL");
+            (Arc::new(s), None)
+        }
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -83,6 +121,7 @@ async fn server(kind: Kind, cfg: ServiceConfig, retention: Option<usize>) -> Ser
         store,
         stop: Some(stop),
         _dir: dir,
+        _schema: schema_guard,
     }
 }
 
@@ -445,6 +484,14 @@ async fn sqlite_200_subscribers_receive_exactly_their_changes() {
     fan_out_exact(Kind::Sqlite, writes_per_writer() / 5).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_200_subscribers_receive_exactly_their_changes() {
+    // Half the SQLite figure: each write is several round trips to the server.
+    if let Some(kind) = Kind::postgres() {
+        fan_out_exact(kind, writes_per_writer() / 10).await;
+    }
+}
+
 /// Collects a watch until a heartbeat at `until`.
 async fn collect_watch(
     store: GrpcStore,
@@ -548,6 +595,13 @@ async fn sqlite_resumes_after_20_kills() {
     resume_after_kills(Kind::Sqlite).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_resumes_after_20_kills() {
+    if let Some(kind) = Kind::postgres() {
+        resume_after_kills(kind).await;
+    }
+}
+
 /// List at revision R, watch from R while writes go on: the book rebuilt
 /// from the listing and the changes equals the final book.
 async fn list_then_watch(kind: Kind) {
@@ -607,6 +661,13 @@ async fn memory_list_then_watch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_list_then_watch() {
     list_then_watch(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_list_then_watch() {
+    if let Some(kind) = Kind::postgres() {
+        list_then_watch(kind).await;
+    }
 }
 
 /// A subscriber that stops reading gets LAGGED once the log has moved past
@@ -708,6 +769,13 @@ async fn sqlite_stalled_subscriber_gets_lagged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stalled_subscriber_gets_lagged() {
+    if let Some(kind) = Kind::postgres() {
+        stalled_gets_lagged(kind).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_carry_the_current_revision() {
     let srv = server(Kind::Memory, short_heartbeat(), None).await;
     let ch = channel(srv.addr).await;
@@ -773,7 +841,8 @@ async fn subscriber_limit_and_cleanup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruned_start_revision_is_out_of_range() {
-    for kind in [Kind::Memory, Kind::Sqlite] {
+    let kinds = [Some(Kind::Memory), Some(Kind::Sqlite), Kind::postgres()];
+    for kind in kinds.into_iter().flatten() {
         let srv = server(kind, ServiceConfig::default(), Some(5)).await;
         for i in 0..50 {
             srv.store

@@ -277,6 +277,34 @@ async fn tls_round_trip_and_plaintext_refused() {
 }
 
 #[tokio::test]
+async fn stream_limit_tells_tls_connections_apart() {
+    let p = pki();
+    let s = start(ServiceConfig {
+        max_concurrent_streams: Some(1),
+        ..tls_cfg(&p, false)
+    })
+    .await;
+    let client = tls_client(s.addr, ClientTls::default().with_ca_pem(p.ca_pem.clone())).await;
+    // An open watch holds the connection's one slot once it is established.
+    let _watch = client.watch(store_client::WatchRequest::default());
+    eventually(
+        "the watch takes the only slot",
+        || client.get("t"),
+        |r| {
+            matches!(r, Err(offer_domain::StoreError::ResourceExhausted(m))
+                if m.contains("too many concurrent streams on this connection (limit 1"))
+        },
+    )
+    .await;
+    // Another TLS connection has a slot of its own.
+    let other = tls_client(s.addr, ClientTls::default().with_ca_pem(p.ca_pem.clone())).await;
+    assert!(matches!(
+        other.get("t").await,
+        Err(offer_domain::StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
 async fn mtls_requires_a_client_certificate() {
     let p = pki();
     let s = start(tls_cfg(&p, true)).await;
@@ -347,28 +375,107 @@ async fn oversized_message_is_resource_exhausted() {
     assert_eq!(stored(&s).await, 0);
 }
 
+/// Retries `call` until it passes `ok` (the server notices a cancelled
+/// stream asynchronously), for at most 5 s.
+async fn eventually<F, Fut, T>(what: &str, mut call: F, ok: impl Fn(&T) -> bool)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = call().await;
+        if ok(&got) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn is_stream_limit(
+    r: &Result<tonic::Response<pb::ListMarginOffersResponse>, tonic::Status>,
+) -> bool {
+    matches!(r, Err(e) if e.code() == Code::ResourceExhausted
+        && e.message().contains("too many concurrent streams on this connection (limit 2"))
+}
+
 #[tokio::test]
 async fn concurrent_streams_per_connection_are_capped() {
     let s = start(ServiceConfig {
-        max_concurrent_streams: Some(1),
+        max_concurrent_streams: Some(2),
         ..Default::default()
     })
     .await;
-    let (mut c, _) = raw(s.addr);
-    // The open subscription holds the connection's only stream ...
-    let _sub = c
+    let (mut c, ch) = raw(s.addr);
+    let list = |mut c: MarginOfferServiceClient<Channel>| async move {
+        c.list_margin_offers(pb::ListMarginOffersRequest::default())
+            .await
+    };
+    // Two open subscriptions hold the connection's two slots ...
+    let sub1 = c
         .subscribe_margin_offers(pb::SubscribeMarginOffersRequest::default())
         .await
         .unwrap();
-    // ... so another call on the same connection waits for a free stream.
-    let mut req = tonic::Request::new(pb::ListMarginOffersRequest::default());
-    req.set_timeout(Duration::from_millis(500));
-    let r = tokio::time::timeout(Duration::from_secs(2), c.list_margin_offers(req)).await;
-    assert!(!matches!(r, Ok(Ok(_))), "second stream was admitted");
-    // A new connection has its own budget.
-    let (mut other, _) = raw(s.addr);
-    other
-        .list_margin_offers(pb::ListMarginOffersRequest::default())
+    let sub2 = c
+        .subscribe_margin_offers(pb::SubscribeMarginOffersRequest::default())
         .await
         .unwrap();
+    // ... so a third call on it, unary or streaming, is refused at once
+    // (not queued by HTTP/2) with a message naming the limit.
+    let r = tokio::time::timeout(Duration::from_secs(2), list(c.clone()))
+        .await
+        .expect("refused, not queued");
+    assert!(is_stream_limit(&r), "{r:?}");
+    let e = c
+        .subscribe_margin_offers(pb::SubscribeMarginOffersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("--max-concurrent-streams"),
+        "{}",
+        e.message()
+    );
+    // Health is another service and not counted.
+    tonic_health::pb::health_client::HealthClient::new(ch.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    // A new connection has its own budget.
+    let (other, _) = raw(s.addr);
+    list(other).await.unwrap();
+
+    // Cancelling a subscription gives its slot back.
+    drop(sub1);
+    eventually(
+        "slot of a cancelled subscription freed",
+        || list(c.clone()),
+        Result::is_ok,
+    )
+    .await;
+
+    // A streamed overwrite holds a slot while its request stream is open.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::OverwriteChunk>(1);
+    let mut oc = c.clone();
+    let overwrite = tokio::spawn(async move {
+        oc.overwrite_margin_offers_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    eventually(
+        "the open overwrite takes a slot",
+        || list(c.clone()),
+        is_stream_limit,
+    )
+    .await;
+    drop(tx);
+    // An empty overwrite is refused by the service; either way it has ended.
+    let _ = overwrite.await.unwrap();
+    eventually(
+        "slot of the finished overwrite freed",
+        || list(c.clone()),
+        Result::is_ok,
+    )
+    .await;
+    drop(sub2);
 }

@@ -1,6 +1,8 @@
 //! Runs the real `store` binary: start, wait for its listening lines, stop.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pg;
+
 use offer_proto::pb;
 use offer_proto::pb::margin_offer_service_client::MarginOfferServiceClient;
 use std::io::{BufRead, BufReader, Read, Write};
