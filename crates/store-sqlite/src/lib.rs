@@ -15,9 +15,11 @@
 mod error;
 mod rows;
 mod schema;
+mod totals;
 
 use crate::error::map_err;
 use crate::rows::{OFFER_COLS, Where, offer_from_row};
+use crate::totals::TotalCache;
 use async_trait::async_trait;
 use offer_domain::write::{
     self, WritePlan, plan_bulk_create, plan_bulk_create_or_update, plan_bulk_delete,
@@ -32,6 +34,7 @@ use offer_domain::{
 use offer_store::{ChangeBatch, MarginOfferStore, Written};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction, TransactionBehavior, params_from_iter};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -73,6 +76,7 @@ struct Inner {
     min_age: Duration,
     /// The revision of the latest commit, for `subscribe_commits`.
     commits: watch::Sender<Revision>,
+    totals: TotalCache,
 }
 
 /// A `MarginOfferStore` in one SQLite file (plus its `-wal` and `-shm`).
@@ -148,6 +152,7 @@ impl SqliteStore {
                     retention,
                     min_age: options.change_log_min_age.unwrap_or(DEFAULT_MIN_AGE),
                     commits: watch::channel(head).0,
+                    totals: TotalCache::default(),
                 }),
             })
         })
@@ -325,7 +330,17 @@ fn load_offers(tx: &Transaction<'_>, w: &Where) -> StoreResult<Vec<MarginOffer>>
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
 }
 
-fn list_in(tx: &Transaction<'_>, query: &ListQuery) -> StoreResult<ListPage> {
+/// The ids of `offers` that `scope` does not hold.
+fn ids_not_in<'a>(offers: &'a [MarginOffer], scope: &[MarginOffer]) -> Vec<&'a str> {
+    let in_scope: HashSet<&str> = scope.iter().map(|o| o.id.as_str()).collect();
+    offers
+        .iter()
+        .map(|o| o.id.as_str())
+        .filter(|id| !in_scope.contains(id))
+        .collect()
+}
+
+fn list_in(tx: &Transaction<'_>, query: &ListQuery, totals: &TotalCache) -> StoreResult<ListPage> {
     let resolved = query.resolve()?;
     let now = Timestamp::now();
     let mut w = Where::default();
@@ -336,10 +351,21 @@ fn list_in(tx: &Transaction<'_>, query: &ListQuery) -> StoreResult<ListPage> {
     if query.active_only {
         w.active_only();
     }
-    let total: i64 = tx
-        .prepare_cached(&format!("SELECT COUNT(*) FROM offers{}", w.sql()))
-        .and_then(|mut s| s.query_row(params_from_iter(rows::values(&w.params)), |r| r.get(0)))
-        .map_err(map_err)?;
+    let revision = rows::current_revision(tx)?;
+    let total = totals.get_or_count(query, revision, now, || {
+        // The earliest expiry among the counted rows bounds how long the
+        // count stays right as time passes (see `TotalCache`).
+        tx.prepare_cached(&format!(
+            "SELECT COUNT(*), MIN(expires_at) FROM offers{}",
+            w.sql()
+        ))
+        .and_then(|mut s| {
+            s.query_row(params_from_iter(rows::values(&w.params)), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+        })
+        .map_err(map_err)
+    })?;
     if let Some((key, id)) = &resolved.after {
         w.after(query.sort_by, query.sort_order, key, id);
     }
@@ -360,7 +386,6 @@ fn list_in(tx: &Transaction<'_>, query: &ListQuery) -> StoreResult<ListPage> {
         .map_err(map_err)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(map_err)?;
-    let revision = rows::current_revision(tx)?;
     Ok(ListPage::assemble(
         query, &resolved, offers, total, revision,
     ))
@@ -508,7 +533,9 @@ impl MarginOfferStore for SqliteStore {
         // Fail fast on a bad query without touching the pool.
         query.resolve()?;
         let query = query.clone();
-        self.read(move |tx| list_in(tx, &query)).await
+        let inner = Arc::clone(&self.inner);
+        self.read(move |tx| list_in(tx, &query, &inner.totals))
+            .await
     }
 
     async fn bulk_create(
@@ -574,7 +601,22 @@ impl MarginOfferStore for SqliteStore {
         self.write(move |tx, now| {
             let dry_run = req.dry_run;
             let scope = load_offers(tx, &scope_where(req.filter.as_ref()))?;
-            let planned = plan_overwrite(req, scope, &mut |id| rows::get_offer(tx, id), now)?;
+            // The planner asks about every new id whether it exists outside
+            // the scope; answering from one batched query instead of a
+            // lookup per offer saves a statement per created offer.
+            let outside = if req.filter.as_ref().is_some_and(|f| !f.is_empty()) {
+                rows::existing_ids(tx, ids_not_in(&req.offers, &scope))?
+            } else {
+                HashSet::new()
+            };
+            let mut lookup = |id: &str| {
+                if outside.contains(id) {
+                    rows::get_offer(tx, id)
+                } else {
+                    Ok(None)
+                }
+            };
+            let planned = plan_overwrite(req, scope, &mut lookup, now)?;
             let mut outcome = planned.outcome;
             if dry_run {
                 outcome.revision = rows::current_revision(tx)?;
