@@ -12,15 +12,18 @@
 //! per planned write. `PRAGMA synchronous=FULL` in WAL mode makes every
 //! acknowledged commit durable.
 
+mod checkpoint;
 mod error;
 mod rows;
 mod schema;
 mod totals;
 
+use crate::checkpoint::Checkpointer;
 use crate::error::map_err;
 use crate::rows::{OFFER_COLS, Where, offer_from_row};
 use crate::totals::TotalCache;
 use async_trait::async_trait;
+use offer_domain::query::ResolvedList;
 use offer_domain::write::{
     self, WritePlan, plan_bulk_create, plan_bulk_create_or_update, plan_bulk_delete,
     plan_bulk_update, plan_create, plan_create_or_update, plan_delete, plan_overwrite, plan_update,
@@ -77,6 +80,8 @@ struct Inner {
     /// The revision of the latest commit, for `subscribe_commits`.
     commits: watch::Sender<Revision>,
     totals: TotalCache,
+    /// `None` once closed.
+    checkpointer: Mutex<Option<Checkpointer>>,
 }
 
 /// A `MarginOfferStore` in one SQLite file (plus its `-wal` and `-shm`).
@@ -138,6 +143,7 @@ impl SqliteStore {
                 options.change_log_retention
             };
             let head = rows::current_revision(&writer)?;
+            let checkpointer = Checkpointer::start(&path)?;
             tracing::debug!(path = %path.display(), "opened SQLite store");
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
@@ -153,6 +159,7 @@ impl SqliteStore {
                     min_age: options.change_log_min_age.unwrap_or(DEFAULT_MIN_AGE),
                     commits: watch::channel(head).0,
                     totals: TotalCache::default(),
+                    checkpointer: Mutex::new(Some(checkpointer)),
                 }),
             })
         })
@@ -232,6 +239,9 @@ impl SqliteStore {
                     if logged > 0 {
                         // Still under the writer lock: the value never goes backwards.
                         inner.commits.send_replace(revision);
+                        if let Some(c) = inner.checkpointer.lock().as_ref() {
+                            c.wake();
+                        }
                     }
                 }
             }
@@ -340,9 +350,19 @@ fn ids_not_in<'a>(offers: &'a [MarginOffer], scope: &[MarginOffer]) -> Vec<&'a s
         .collect()
 }
 
-fn list_in(tx: &Transaction<'_>, query: &ListQuery, totals: &TotalCache) -> StoreResult<ListPage> {
-    let resolved = query.resolve()?;
-    let now = Timestamp::now();
+/// The two statements of a listing, text and parameters.
+struct ListStatements {
+    /// The count and earliest expiry of every row the listing selects.
+    count: (String, Vec<store_sql::SqlValue>),
+    /// The page's rows, one more than the limit to tell whether more follow.
+    page: (String, Vec<store_sql::SqlValue>),
+}
+
+fn list_statements(
+    query: &ListQuery,
+    resolved: &ResolvedList,
+    now: Timestamp,
+) -> StoreResult<ListStatements> {
     let mut w = Where::default();
     w.filter(&query.filter);
     if !query.include_expired {
@@ -351,21 +371,10 @@ fn list_in(tx: &Transaction<'_>, query: &ListQuery, totals: &TotalCache) -> Stor
     if query.active_only {
         w.active_only();
     }
-    let revision = rows::current_revision(tx)?;
-    let total = totals.get_or_count(query, revision, now, || {
-        // The earliest expiry among the counted rows bounds how long the
-        // count stays right as time passes (see `TotalCache`).
-        tx.prepare_cached(&format!(
-            "SELECT COUNT(*), MIN(expires_at) FROM offers{}",
-            w.sql()
-        ))
-        .and_then(|mut s| {
-            s.query_row(params_from_iter(rows::values(&w.params)), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-        })
-        .map_err(map_err)
-    })?;
+    let count = (
+        format!("SELECT COUNT(*), MIN(expires_at) FROM offers{}", w.sql()),
+        w.params.clone(),
+    );
     if let Some((key, id)) = &resolved.after {
         w.after(query.sort_by, query.sort_order, key, id);
     }
@@ -378,9 +387,31 @@ fn list_in(tx: &Transaction<'_>, query: &ListQuery, totals: &TotalCache) -> Stor
     );
     w.params.push(store_sql::SqlValue::Integer(limit));
     w.params.push(store_sql::SqlValue::Integer(offset));
-    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
+    Ok(ListStatements {
+        count,
+        page: (sql, w.params),
+    })
+}
+
+fn list_in(tx: &Transaction<'_>, query: &ListQuery, totals: &TotalCache) -> StoreResult<ListPage> {
+    let resolved = query.resolve()?;
+    let now = Timestamp::now();
+    let statements = list_statements(query, &resolved, now)?;
+    let revision = rows::current_revision(tx)?;
+    let total = totals.get_or_count(query, revision, now, || {
+        let (sql, params) = &statements.count;
+        tx.prepare_cached(sql)
+            .and_then(|mut s| {
+                s.query_row(params_from_iter(rows::values(params)), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .map_err(map_err)
+    })?;
+    let (sql, params) = &statements.page;
+    let mut stmt = tx.prepare_cached(sql).map_err(map_err)?;
     let offers = stmt
-        .query_map(params_from_iter(rows::values(&w.params)), |r| {
+        .query_map(params_from_iter(rows::values(params)), |r| {
             offer_from_row(r, 0)
         })
         .map_err(map_err)?
@@ -673,6 +704,9 @@ impl MarginOfferStore for SqliteStore {
         inner.closed.store(true, Ordering::Release);
         blocking(move || {
             let mut first_error = None;
+            if let Some(c) = inner.checkpointer.lock().take() {
+                c.stop();
+            }
             // Readers first: the writer closing last checkpoints the WAL.
             for reader in &inner.readers {
                 if let Some(conn) = reader.lock().take()

@@ -159,10 +159,14 @@ pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
     }
     // A large page cache keeps big overwrites from spilling to the WAL and
     // re-reading index pages mid-transaction.
+    // The WAL is checkpointed by a thread of its own (`checkpoint.rs`), so
+    // a commit returns once it is durable in the WAL instead of also
+    // copying the WAL into the database on the caller's time.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = FULL; PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY"
+        "PRAGMA synchronous = FULL; PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
+         PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0"
     ))
-        .map_err(|e| unavailable_at(path, &e))?;
+    .map_err(|e| unavailable_at(path, &e))?;
     migrate(&mut conn).map_err(|e| match e {
         offer_domain::StoreError::Unavailable(m) | offer_domain::StoreError::Internal(m) => {
             offer_domain::StoreError::Unavailable(format!(
@@ -172,6 +176,17 @@ pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
         }
         other => other,
     })?;
+    Ok(conn)
+}
+
+/// Opens the background checkpointer's connection (see `checkpoint.rs`).
+pub(crate) fn open_checkpointer(path: &Path) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable_at(path, &e))?;
+    common_pragmas(&conn, path)?;
+    // Checkpoint writes are as durable as the commits they copy.
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(|e| unavailable_at(path, &e))?;
     Ok(conn)
 }
 
