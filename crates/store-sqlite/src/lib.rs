@@ -37,7 +37,7 @@ use offer_domain::{
 use offer_store::{ChangeBatch, MarginOfferStore, Written};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction, TransactionBehavior, params_from_iter};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -259,7 +259,7 @@ impl SqliteStore {
         let ctx = ctx.clone();
         self.write(move |tx, now| {
             let (mut value, plan) = planner(tx, now)?;
-            let revision = rows::apply_plan(tx, &plan, &ctx, now)?;
+            let revision = rows::apply_plan(tx, &plan, &ctx, now, &HashMap::new())?;
             value.set_revision(revision);
             Ok((
                 value,
@@ -647,13 +647,17 @@ impl MarginOfferStore for SqliteStore {
                     Ok(None)
                 }
             };
+            let stored: HashMap<String, rows::IndexedColumns> = scope
+                .iter()
+                .map(|o| (o.id.clone(), rows::IndexedColumns::of(o)))
+                .collect();
             let planned = plan_overwrite(req, scope, &mut lookup, now)?;
             let mut outcome = planned.outcome;
             if dry_run {
                 outcome.revision = rows::current_revision(tx)?;
                 return Ok((outcome, WriteEffect::Rollback));
             }
-            let revision = rows::apply_plan(tx, &planned.plan, &ctx, now)?;
+            let revision = rows::apply_plan(tx, &planned.plan, &ctx, now, &stored)?;
             outcome.revision = revision;
             Ok((
                 outcome,

@@ -8,7 +8,7 @@ use offer_domain::{
 };
 use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, Statement, params};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use store_sql::SqlValue;
 
 /// The offer columns, in the order [`offer_from_row`] reads them; a macro so
@@ -208,7 +208,125 @@ fn execute_batched<T>(
     Ok(())
 }
 
+/// An offer's columns that some index covers, as stored before a write:
+/// an update that leaves them all equal need not touch those indexes.
+pub(crate) struct IndexedColumns {
+    collateral_token: String,
+    borrow_token: String,
+    available_borrow_amount: f64,
+    interest_rate: f64,
+    created_timestamp: Option<i64>,
+    source: Option<String>,
+    lender_address: Option<String>,
+    expires_at: Option<i64>,
+}
+
+/// The names of [`IndexedColumns`], in the order of [`changed_indexed`]'s bits.
+const INDEXED: [&str; 8] = [
+    "collateral_token",
+    "borrow_token",
+    "available_borrow_amount",
+    "interest_rate",
+    "created_timestamp",
+    "source",
+    "lender_address",
+    "expires_at",
+];
+
+impl IndexedColumns {
+    pub(crate) fn of(o: &MarginOffer) -> IndexedColumns {
+        IndexedColumns {
+            collateral_token: o.collateral_token.clone(),
+            borrow_token: o.borrow_token.clone(),
+            available_borrow_amount: o.available_borrow_amount,
+            interest_rate: o.interest_rate,
+            created_timestamp: o.created_timestamp.map(Timestamp::as_nanos),
+            source: o.source.clone(),
+            lender_address: o.lender_address.clone(),
+            expires_at: o.expires_at().map(Timestamp::as_nanos),
+        }
+    }
+}
+
+/// One bit per [`INDEXED`] column whose value `new` changes (floats by
+/// bits, so even 0.0 to -0.0 is written).
+fn changed_indexed(old: &IndexedColumns, new: &MarginOffer) -> u8 {
+    let changes = [
+        old.collateral_token != new.collateral_token,
+        old.borrow_token != new.borrow_token,
+        old.available_borrow_amount.to_bits() != new.available_borrow_amount.to_bits(),
+        old.interest_rate.to_bits() != new.interest_rate.to_bits(),
+        old.created_timestamp != new.created_timestamp.map(Timestamp::as_nanos),
+        old.source != new.source,
+        old.lender_address != new.lender_address,
+        old.expires_at != new.expires_at().map(Timestamp::as_nanos),
+    ];
+    changes
+        .iter()
+        .enumerate()
+        .fold(0, |mask, (bit, changed)| mask | (u8::from(*changed) << bit))
+}
+
+/// `UPDATE` of the unindexed columns plus the indexed ones in `mask`:
+/// SQLite maintains only the indexes over assigned columns.
+fn narrow_update_sql(mask: u8) -> String {
+    let mut set = vec![
+        "offer_type = ?",
+        "max_open_ltv = ?",
+        "liquidation_ltv = ?",
+        "interest_model = ?",
+        "term_days = ?",
+        "liquidity_source = ?",
+        "last_borrowed_timestamp = ?",
+        "updated_timestamp = ?",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    for (bit, col) in INDEXED.iter().enumerate() {
+        if mask & (1 << bit) != 0 {
+            set.push(format!("{col} = ?"));
+        }
+    }
+    format!("UPDATE offers SET {} WHERE id = ?", set.join(", "))
+}
+
+fn narrow_update(conn: &Connection, o: &MarginOffer, mask: u8) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(&narrow_update_sql(mask))?;
+    stmt.raw_bind_parameter(1, o.offer_type.as_str())?;
+    stmt.raw_bind_parameter(2, o.max_open_ltv)?;
+    stmt.raw_bind_parameter(3, o.liquidation_ltv)?;
+    stmt.raw_bind_parameter(4, o.interest_model.as_str())?;
+    stmt.raw_bind_parameter(5, o.term_days)?;
+    stmt.raw_bind_parameter(6, &o.liquidity_source)?;
+    stmt.raw_bind_parameter(7, o.last_borrowed_timestamp.map(Timestamp::as_nanos))?;
+    stmt.raw_bind_parameter(8, o.updated_timestamp.map(Timestamp::as_nanos))?;
+    let mut next = 9;
+    for bit in 0..INDEXED.len() {
+        if mask & (1 << bit) == 0 {
+            continue;
+        }
+        match bit {
+            0 => stmt.raw_bind_parameter(next, &o.collateral_token)?,
+            1 => stmt.raw_bind_parameter(next, &o.borrow_token)?,
+            2 => stmt.raw_bind_parameter(next, o.available_borrow_amount)?,
+            3 => stmt.raw_bind_parameter(next, o.interest_rate)?,
+            4 => stmt.raw_bind_parameter(next, o.created_timestamp.map(Timestamp::as_nanos))?,
+            5 => stmt.raw_bind_parameter(next, &o.source)?,
+            6 => stmt.raw_bind_parameter(next, &o.lender_address)?,
+            _ => stmt.raw_bind_parameter(next, o.expires_at().map(Timestamp::as_nanos))?,
+        }
+        next += 1;
+    }
+    stmt.raw_bind_parameter(next, &o.id)?;
+    stmt.raw_execute()?;
+    Ok(())
+}
+
 /// Applies `plan` under the next revision and logs one change per write.
+/// `stored` holds the indexed columns of offers known to exist (may be
+/// empty): those are updated in place touching only the indexes whose
+/// columns change, the rest are upserted in batches.
 /// Returns the revision the caller reports: the new one, or the current one
 /// when the plan is empty (nothing written, no revision taken).
 pub(crate) fn apply_plan(
@@ -216,6 +334,7 @@ pub(crate) fn apply_plan(
     plan: &WritePlan,
     ctx: &WriteContext,
     now: Timestamp,
+    stored: &HashMap<String, IndexedColumns>,
 ) -> StoreResult<Revision> {
     let current = current_revision(conn)?;
     if plan.is_empty() {
@@ -251,8 +370,22 @@ pub(crate) fn apply_plan(
         let (run, after) = rest.split_at(len);
         if deleting {
             execute_batched(run, &mut delete_full, &mut delete_one, bind_delete)
-        } else {
+        } else if stored.is_empty() {
             execute_batched(run, &mut upsert_full, &mut upsert_one, bind_upsert)
+        } else {
+            // Ids are distinct within a plan, so updates and inserts of one
+            // run may go in either order.
+            let mut inserts: Vec<&PlannedWrite> = Vec::new();
+            for w in run {
+                match stored.get(&w.offer.id) {
+                    Some(old) => narrow_update(conn, &w.offer, changed_indexed(old, &w.offer))
+                        .map_err(map_err)?,
+                    None => inserts.push(w),
+                }
+            }
+            execute_batched(&inserts, &mut upsert_full, &mut upsert_one, |s, n, w| {
+                bind_upsert(s, n, w)
+            })
         }
         .map_err(map_err)?;
         rest = after;

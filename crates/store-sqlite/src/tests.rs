@@ -544,3 +544,56 @@ async fn a_version_1_file_is_migrated() {
     assert_eq!(page.total, 1);
     assert_eq!(page.offers[0].id, "old");
 }
+
+/// Overwrites update rows in place touching only the indexes whose columns
+/// change; the indexes must still agree with the rows.
+#[tokio::test]
+async fn in_place_overwrite_updates_keep_indexes_consistent() {
+    let (_dir, store) = open_temp().await;
+    let scoped = |f: &dyn Fn(&mut MarginOffer)| -> Vec<MarginOffer> {
+        (0..40)
+            .map(|i| {
+                let mut o = offer(i);
+                o.source = Some("scope".into());
+                f(&mut o);
+                o
+            })
+            .collect()
+    };
+    let req = |offers| OverwriteRequest {
+        offers,
+        filter: Some(OverwriteFilter::source("scope")),
+        ..Default::default()
+    };
+    store.overwrite(req(scoped(&|_| {})), &ctx()).await.unwrap();
+    // Half change an indexed column (borrow token), all change an unindexed one.
+    let out = store
+        .overwrite(
+            req(scoped(&|o| {
+                o.max_open_ltv = 0.51;
+                if o.id.ends_with(['0', '2', '4', '6', '8']) {
+                    o.borrow_token = "NEW".into();
+                }
+            })),
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.updated_ids.len(), 40);
+    let mut q = ListQuery {
+        sort_by: SortField::InterestRate,
+        sort_order: SortOrder::Asc,
+        limit: 100,
+        ..Default::default()
+    };
+    q.filter.borrow_token = Some("NEW".into());
+    assert_eq!(store.list(&q).await.unwrap().offers.len(), 20);
+    q.filter.borrow_token = Some("USDC".into());
+    let usdc = store.list(&q).await.unwrap();
+    assert!(usdc.offers.iter().all(|o| o.max_open_ltv == 0.51));
+    assert_eq!(usdc.offers.len(), 0, "even ids were USDC and all moved");
+    let check: String = with_writer(&store, |c| {
+        c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+    });
+    assert_eq!(check, "ok");
+}
