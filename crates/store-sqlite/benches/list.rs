@@ -6,6 +6,8 @@
 //! cached under `target/tmp` (rebuilt when missing); `LIST_BENCH_OFFERS`
 //! overrides its size for a quick run.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use offer_domain::query::SortValue;
 use offer_domain::{
