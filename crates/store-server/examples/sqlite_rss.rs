@@ -84,7 +84,11 @@ async fn main() {
     let (rss, _) = memory(pid);
     println!("started: VmRSS {rss} MiB");
     let started = Instant::now();
-    for chunk in store_bench::book(offers, 7).chunks(10_000) {
+    for (i, chunk) in store_bench::book(offers, 7).chunks(10_000).enumerate() {
+        if i > 0 && i % 10 == 0 {
+            let (rss, hwm) = memory(pid);
+            println!("{} loaded: VmRSS {rss} MiB, VmHWM {hwm} MiB", i * 10_000);
+        }
         client
             .bulk_create_or_update(
                 chunk.to_vec(),
