@@ -67,7 +67,10 @@ async fn main() {
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{http_port}"))
             .arg("--database-url")
-            .arg(format!("sqlite://{}", dir.path().join("offers.db").display()))
+            .arg(format!(
+                "sqlite://{}",
+                dir.path().join("offers.db").display()
+            ))
             .arg("--log-level")
             .arg("warn")
             .spawn()
