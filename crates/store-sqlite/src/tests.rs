@@ -587,13 +587,19 @@ async fn in_place_overwrite_updates_keep_indexes_consistent() {
         ..Default::default()
     };
     q.filter.borrow_token = Some("NEW".into());
-    assert_eq!(store.list(&q).await.unwrap().offers.len(), 20);
+    let moved = store.list(&q).await.unwrap();
+    assert_eq!(moved.offers.len(), 20);
+    assert!(moved.offers.iter().all(|o| o.max_open_ltv == 0.51));
     q.filter.borrow_token = Some("USDC".into());
     let usdc = store.list(&q).await.unwrap();
-    assert!(usdc.offers.iter().all(|o| o.max_open_ltv == 0.51));
     assert_eq!(usdc.offers.len(), 0, "even ids were USDC and all moved");
+    q.filter.borrow_token = Some("USDT".into());
+    let kept = store.list(&q).await.unwrap();
+    assert_eq!(kept.offers.len(), 20);
+    assert!(kept.offers.iter().all(|o| o.max_open_ltv == 0.51));
     let check: String = with_writer(&store, |c| {
-        c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+        c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap()
     });
     assert_eq!(check, "ok");
 }
