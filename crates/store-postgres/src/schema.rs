@@ -78,6 +78,17 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO meta (revision, pruned_through) VALUES (0, 0);
     "#,
+    // v2: the remaining common listings (issue #7) read an index in order
+    // too: the collateral side's newest offers, and the deepest liquidity
+    // unfiltered. The collateral index replaces (collateral_token,
+    // borrow_token): token-pair filters use offers_borrow_rate's prefix.
+    // Same shapes as the SQLite backend's v2, whose comment has the why.
+    r#"
+    DROP INDEX offers_collateral;
+    CREATE INDEX offers_collateral_created
+        ON offers (collateral_token, created_timestamp DESC, id);
+    CREATE INDEX offers_amount ON offers (available_borrow_amount DESC, id);
+    "#,
 ];
 
 /// Any constant works: the lock only serialises migrations of this schema

@@ -171,10 +171,22 @@ async fn common_list_queries_use_indexes() {
         limit: 100,
         ..Default::default()
     };
+    let mut by_collateral = ListQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    by_collateral.filter.collateral_token = Some("COL3".into());
+    let by_amount = ListQuery {
+        sort_by: SortField::AvailableBorrowAmount,
+        limit: 100,
+        ..Default::default()
+    };
     for (name, q) in [
         ("borrow_token + interest_rate", &by_token),
         ("source", &by_source),
         ("default sort with limit", &default_sorted),
+        ("collateral_token + created", &by_collateral),
+        ("available_borrow_amount", &by_amount),
     ] {
         let plan = store.explain_list(q).await.unwrap();
         assert!(

@@ -193,13 +193,17 @@ impl Where {
                 return;
             }
         };
-        let op = match order {
-            SortOrder::Asc => '>',
-            SortOrder::Desc => '<',
+        let (op, op_or_equal) = match order {
+            SortOrder::Asc => (">", ">="),
+            SortOrder::Desc => ("<", "<="),
         };
         // The column name comes from the domain's fixed set, never from input.
         let col = by.as_str();
-        let clause = format!("({col} {op} ? OR ({col} = ? AND id > ?))");
+        // Equivalent to `col > ? OR (col = ? AND id > ?)` (sort columns are
+        // NOT NULL), but the leading range lets both planners seek an index
+        // on `col` to the page start in either direction instead of
+        // filtering every earlier row; the OR only drops the ties before it.
+        let clause = format!("{col} {op_or_equal} ? AND ({col} {op} ? OR id > ?)");
         self.push(
             &clause,
             [value.clone(), value, SqlValue::Text(id.to_owned())],
@@ -280,7 +284,7 @@ mod tests {
         assert_eq!(
             w.sql(),
             " WHERE borrow_token = $1 AND interest_rate >= $2 AND \
-             (interest_rate < $3 OR (interest_rate = $4 AND id > $5))"
+             interest_rate <= $3 AND (interest_rate < $4 OR id > $5)"
         );
         assert_eq!(limit, "$6");
         assert_eq!(w.params.len(), 6);

@@ -12,13 +12,18 @@
 //! per planned write. `PRAGMA synchronous=FULL` in WAL mode makes every
 //! acknowledged commit durable.
 
+mod checkpoint;
 mod error;
 mod rows;
 mod schema;
+mod totals;
 
+use crate::checkpoint::Checkpointer;
 use crate::error::map_err;
 use crate::rows::{OFFER_COLS, Where, offer_from_row};
+use crate::totals::TotalCache;
 use async_trait::async_trait;
+use offer_domain::query::ResolvedList;
 use offer_domain::write::{
     self, WritePlan, plan_bulk_create, plan_bulk_create_or_update, plan_bulk_delete,
     plan_bulk_update, plan_create, plan_create_or_update, plan_delete, plan_overwrite, plan_update,
@@ -32,6 +37,7 @@ use offer_domain::{
 use offer_store::{ChangeBatch, MarginOfferStore, Written};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction, TransactionBehavior, params_from_iter};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -73,6 +79,9 @@ struct Inner {
     min_age: Duration,
     /// The revision of the latest commit, for `subscribe_commits`.
     commits: watch::Sender<Revision>,
+    totals: TotalCache,
+    /// `None` once closed.
+    checkpointer: Mutex<Option<Checkpointer>>,
 }
 
 /// A `MarginOfferStore` in one SQLite file (plus its `-wal` and `-shm`).
@@ -134,6 +143,7 @@ impl SqliteStore {
                 options.change_log_retention
             };
             let head = rows::current_revision(&writer)?;
+            let checkpointer = Checkpointer::start(&path)?;
             tracing::debug!(path = %path.display(), "opened SQLite store");
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
@@ -148,6 +158,8 @@ impl SqliteStore {
                     retention,
                     min_age: options.change_log_min_age.unwrap_or(DEFAULT_MIN_AGE),
                     commits: watch::channel(head).0,
+                    totals: TotalCache::default(),
+                    checkpointer: Mutex::new(Some(checkpointer)),
                 }),
             })
         })
@@ -227,6 +239,9 @@ impl SqliteStore {
                     if logged > 0 {
                         // Still under the writer lock: the value never goes backwards.
                         inner.commits.send_replace(revision);
+                        if let Some(c) = inner.checkpointer.lock().as_ref() {
+                            c.wake();
+                        }
                     }
                 }
             }
@@ -244,7 +259,7 @@ impl SqliteStore {
         let ctx = ctx.clone();
         self.write(move |tx, now| {
             let (mut value, plan) = planner(tx, now)?;
-            let revision = rows::apply_plan(tx, &plan, &ctx, now)?;
+            let revision = rows::apply_plan(tx, &plan, &ctx, now, &HashMap::new())?;
             value.set_revision(revision);
             Ok((
                 value,
@@ -325,9 +340,29 @@ fn load_offers(tx: &Transaction<'_>, w: &Where) -> StoreResult<Vec<MarginOffer>>
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
 }
 
-fn list_in(tx: &Transaction<'_>, query: &ListQuery) -> StoreResult<ListPage> {
-    let resolved = query.resolve()?;
-    let now = Timestamp::now();
+/// The ids of `offers` that `scope` does not hold.
+fn ids_not_in<'a>(offers: &'a [MarginOffer], scope: &[MarginOffer]) -> Vec<&'a str> {
+    let in_scope: HashSet<&str> = scope.iter().map(|o| o.id.as_str()).collect();
+    offers
+        .iter()
+        .map(|o| o.id.as_str())
+        .filter(|id| !in_scope.contains(id))
+        .collect()
+}
+
+/// The two statements of a listing, text and parameters.
+struct ListStatements {
+    /// The count and earliest expiry of every row the listing selects.
+    count: (String, Vec<store_sql::SqlValue>),
+    /// The page's rows, one more than the limit to tell whether more follow.
+    page: (String, Vec<store_sql::SqlValue>),
+}
+
+fn list_statements(
+    query: &ListQuery,
+    resolved: &ResolvedList,
+    now: Timestamp,
+) -> StoreResult<ListStatements> {
     let mut w = Where::default();
     w.filter(&query.filter);
     if !query.include_expired {
@@ -336,10 +371,10 @@ fn list_in(tx: &Transaction<'_>, query: &ListQuery) -> StoreResult<ListPage> {
     if query.active_only {
         w.active_only();
     }
-    let total: i64 = tx
-        .prepare_cached(&format!("SELECT COUNT(*) FROM offers{}", w.sql()))
-        .and_then(|mut s| s.query_row(params_from_iter(rows::values(&w.params)), |r| r.get(0)))
-        .map_err(map_err)?;
+    let count = (
+        format!("SELECT COUNT(*), MIN(expires_at) FROM offers{}", w.sql()),
+        w.params.clone(),
+    );
     if let Some((key, id)) = &resolved.after {
         w.after(query.sort_by, query.sort_order, key, id);
     }
@@ -352,15 +387,36 @@ fn list_in(tx: &Transaction<'_>, query: &ListQuery) -> StoreResult<ListPage> {
     );
     w.params.push(store_sql::SqlValue::Integer(limit));
     w.params.push(store_sql::SqlValue::Integer(offset));
-    let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
+    Ok(ListStatements {
+        count,
+        page: (sql, w.params),
+    })
+}
+
+fn list_in(tx: &Transaction<'_>, query: &ListQuery, totals: &TotalCache) -> StoreResult<ListPage> {
+    let resolved = query.resolve()?;
+    let now = Timestamp::now();
+    let statements = list_statements(query, &resolved, now)?;
+    let revision = rows::current_revision(tx)?;
+    let total = totals.get_or_count(query, revision, now, || {
+        let (sql, params) = &statements.count;
+        tx.prepare_cached(sql)
+            .and_then(|mut s| {
+                s.query_row(params_from_iter(rows::values(params)), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .map_err(map_err)
+    })?;
+    let (sql, params) = &statements.page;
+    let mut stmt = tx.prepare_cached(sql).map_err(map_err)?;
     let offers = stmt
-        .query_map(params_from_iter(rows::values(&w.params)), |r| {
+        .query_map(params_from_iter(rows::values(params)), |r| {
             offer_from_row(r, 0)
         })
         .map_err(map_err)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(map_err)?;
-    let revision = rows::current_revision(tx)?;
     Ok(ListPage::assemble(
         query, &resolved, offers, total, revision,
     ))
@@ -508,7 +564,9 @@ impl MarginOfferStore for SqliteStore {
         // Fail fast on a bad query without touching the pool.
         query.resolve()?;
         let query = query.clone();
-        self.read(move |tx| list_in(tx, &query)).await
+        let inner = Arc::clone(&self.inner);
+        self.read(move |tx| list_in(tx, &query, &inner.totals))
+            .await
     }
 
     async fn bulk_create(
@@ -574,13 +632,32 @@ impl MarginOfferStore for SqliteStore {
         self.write(move |tx, now| {
             let dry_run = req.dry_run;
             let scope = load_offers(tx, &scope_where(req.filter.as_ref()))?;
-            let planned = plan_overwrite(req, scope, &mut |id| rows::get_offer(tx, id), now)?;
+            // The planner asks about every new id whether it exists outside
+            // the scope; answering from one batched query instead of a
+            // lookup per offer saves a statement per created offer.
+            let outside = if req.filter.as_ref().is_some_and(|f| !f.is_empty()) {
+                rows::existing_ids(tx, ids_not_in(&req.offers, &scope))?
+            } else {
+                HashSet::new()
+            };
+            let mut lookup = |id: &str| {
+                if outside.contains(id) {
+                    rows::get_offer(tx, id)
+                } else {
+                    Ok(None)
+                }
+            };
+            let stored: HashMap<String, rows::IndexedColumns> = scope
+                .iter()
+                .map(|o| (o.id.clone(), rows::IndexedColumns::of(o)))
+                .collect();
+            let planned = plan_overwrite(req, scope, &mut lookup, now)?;
             let mut outcome = planned.outcome;
             if dry_run {
                 outcome.revision = rows::current_revision(tx)?;
                 return Ok((outcome, WriteEffect::Rollback));
             }
-            let revision = rows::apply_plan(tx, &planned.plan, &ctx, now)?;
+            let revision = rows::apply_plan(tx, &planned.plan, &ctx, now, &stored)?;
             outcome.revision = revision;
             Ok((
                 outcome,
@@ -631,6 +708,9 @@ impl MarginOfferStore for SqliteStore {
         inner.closed.store(true, Ordering::Release);
         blocking(move || {
             let mut first_error = None;
+            if let Some(c) = inner.checkpointer.lock().take() {
+                c.stop();
+            }
             // Readers first: the writer closing last checkpoints the WAL.
             for reader in &inner.readers {
                 if let Some(conn) = reader.lock().take()

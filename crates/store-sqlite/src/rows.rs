@@ -7,7 +7,8 @@ use offer_domain::{
     Timestamp, WriteContext,
 };
 use rusqlite::types::{Type, Value};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, Statement, params};
+use std::collections::{HashMap, HashSet};
 use store_sql::SqlValue;
 
 /// The offer columns, in the order [`offer_from_row`] reads them; a macro so
@@ -98,31 +99,31 @@ pub(crate) fn pruned_through(conn: &Connection) -> StoreResult<Revision> {
     meta(conn, "pruned_through")
 }
 
-/// Applies `plan` under the next revision and logs one change per write.
-/// Returns the revision the caller reports: the new one, or the current one
-/// when the plan is empty (nothing written, no revision taken).
-pub(crate) fn apply_plan(
-    conn: &Connection,
-    plan: &WritePlan,
-    ctx: &WriteContext,
-    now: Timestamp,
-) -> StoreResult<Revision> {
-    let current = current_revision(conn)?;
-    if plan.is_empty() {
-        return Ok(current);
-    }
-    let revision = current + 1;
-    let operation_id = if ctx.operation_id.is_empty() {
-        uuid::Uuid::new_v4().to_string()
-    } else {
-        ctx.operation_id.clone()
-    };
-    let mut upsert = conn
-        .prepare_cached(concat!(
+/// Rows per multi-row statement in [`apply_plan`]: one statement step per
+/// batch instead of per row cuts the per-statement overhead (reset, VDBE
+/// start, call into SQLite), which dominated large writes; 64 rows keep the
+/// bound parameters (64 × 22) far below SQLite's limit.
+const BATCH_ROWS: usize = 64;
+
+/// The offers-table columns an upsert writes: the offer plus `expires_at`.
+const UPSERT_COLS: usize = OFFER_COL_COUNT + 1;
+
+/// The change-log columns: revision, seq, type, time, origin, operation id,
+/// then the offer.
+const LOG_COLS: usize = OFFER_COL_COUNT + 6;
+
+/// `(?, ?, ...), (?, ...)`: `rows` tuples of `cols` anonymous parameters.
+fn value_tuples(rows: usize, cols: usize) -> String {
+    let tuple = format!("({})", vec!["?"; cols].join(", "));
+    vec![tuple; rows].join(", ")
+}
+
+fn upsert_sql(rows: usize) -> String {
+    format!(
+        concat!(
             "INSERT INTO offers (",
             offer_cols!(),
-            ", expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+            ", expires_at) VALUES {} \
              ON CONFLICT (id) DO UPDATE SET \
              offer_type = excluded.offer_type, collateral_token = excluded.collateral_token, \
              borrow_token = excluded.borrow_token, \
@@ -135,62 +136,314 @@ pub(crate) fn apply_plan(
              created_timestamp = excluded.created_timestamp, \
              updated_timestamp = excluded.updated_timestamp, source = excluded.source, \
              expires_at = excluded.expires_at"
-        ))
-        .map_err(map_err)?;
-    let mut delete = conn
-        .prepare_cached("DELETE FROM offers WHERE id = ?1")
-        .map_err(map_err)?;
-    let mut log = conn
-        .prepare_cached(concat!(
+        ),
+        value_tuples(rows, UPSERT_COLS)
+    )
+}
+
+fn log_sql(rows: usize) -> String {
+    format!(
+        concat!(
             "INSERT INTO changes (revision, seq, change_type, timestamp, origin, operation_id, ",
             offer_cols!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-             ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
-        ))
-        .map_err(map_err)?;
-    for (seq, PlannedWrite { change_type, offer }) in plan.writes.iter().enumerate() {
-        let o = offer;
-        let p = params![
-            o.id,
-            o.offer_type.as_str(),
-            o.collateral_token,
-            o.borrow_token,
-            o.available_borrow_amount,
-            o.max_open_ltv,
-            o.liquidation_ltv,
-            o.interest_rate,
-            o.interest_model.as_str(),
-            o.term_days,
-            o.liquidity_source,
-            o.lender_address,
-            o.last_borrowed_timestamp.map(Timestamp::as_nanos),
-            o.created_timestamp.map(Timestamp::as_nanos),
-            o.updated_timestamp.map(Timestamp::as_nanos),
-            o.source,
-        ];
-        debug_assert_eq!(p.len(), OFFER_COL_COUNT);
-        match change_type {
-            ChangeType::Deleted => {
-                delete.execute([&o.id]).map_err(map_err)?;
-            }
-            ChangeType::Created | ChangeType::Updated | ChangeType::Overwritten => {
-                let expires_at = o.expires_at().map(Timestamp::as_nanos);
-                let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(OFFER_COL_COUNT + 1);
-                all.extend_from_slice(p);
-                all.push(&expires_at);
-                upsert.execute(all.as_slice()).map_err(map_err)?;
-            }
+            ") VALUES {}"
+        ),
+        value_tuples(rows, LOG_COLS)
+    )
+}
+
+fn delete_sql(rows: usize) -> String {
+    format!(
+        "DELETE FROM offers WHERE id IN ({})",
+        vec!["?"; rows].join(", ")
+    )
+}
+
+/// Binds the [`OFFER_COLS`] of `o` from parameter `next` (1-based) on;
+/// returns the index after them.
+fn bind_offer(stmt: &mut Statement<'_>, next: usize, o: &MarginOffer) -> rusqlite::Result<usize> {
+    stmt.raw_bind_parameter(next, &o.id)?;
+    stmt.raw_bind_parameter(next + 1, o.offer_type.as_str())?;
+    stmt.raw_bind_parameter(next + 2, &o.collateral_token)?;
+    stmt.raw_bind_parameter(next + 3, &o.borrow_token)?;
+    stmt.raw_bind_parameter(next + 4, o.available_borrow_amount)?;
+    stmt.raw_bind_parameter(next + 5, o.max_open_ltv)?;
+    stmt.raw_bind_parameter(next + 6, o.liquidation_ltv)?;
+    stmt.raw_bind_parameter(next + 7, o.interest_rate)?;
+    stmt.raw_bind_parameter(next + 8, o.interest_model.as_str())?;
+    stmt.raw_bind_parameter(next + 9, o.term_days)?;
+    stmt.raw_bind_parameter(next + 10, &o.liquidity_source)?;
+    stmt.raw_bind_parameter(next + 11, &o.lender_address)?;
+    stmt.raw_bind_parameter(
+        next + 12,
+        o.last_borrowed_timestamp.map(Timestamp::as_nanos),
+    )?;
+    stmt.raw_bind_parameter(next + 13, o.created_timestamp.map(Timestamp::as_nanos))?;
+    stmt.raw_bind_parameter(next + 14, o.updated_timestamp.map(Timestamp::as_nanos))?;
+    stmt.raw_bind_parameter(next + 15, &o.source)?;
+    Ok(next + OFFER_COL_COUNT)
+}
+
+/// Runs `stmt` once per batch of `BATCH_ROWS` items with the full-batch
+/// statement and once per leftover item with the one-row statement;
+/// `bind` binds one item from the given parameter index and returns the next.
+fn execute_batched<T>(
+    items: &[T],
+    full: &mut Statement<'_>,
+    one: &mut Statement<'_>,
+    mut bind: impl FnMut(&mut Statement<'_>, usize, &T) -> rusqlite::Result<usize>,
+) -> rusqlite::Result<()> {
+    let mut chunks = items.chunks_exact(BATCH_ROWS);
+    for chunk in &mut chunks {
+        let mut next = 1;
+        for item in chunk {
+            next = bind(full, next, item)?;
         }
-        let seq = seq as i64;
-        let wire = change_type.wire_value();
-        let ts = now.as_nanos();
-        let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(OFFER_COL_COUNT + 6);
-        all.extend_from_slice(&[&revision, &seq, &wire, &ts, &ctx.origin, &operation_id]);
-        all.extend_from_slice(p);
-        log.execute(all.as_slice()).map_err(map_err)?;
+        full.raw_execute()?;
     }
+    for item in chunks.remainder() {
+        bind(one, 1, item)?;
+        one.raw_execute()?;
+    }
+    Ok(())
+}
+
+/// An offer's columns that some index covers, as stored before a write:
+/// an update that leaves them all equal need not touch those indexes.
+pub(crate) struct IndexedColumns {
+    collateral_token: String,
+    borrow_token: String,
+    available_borrow_amount: f64,
+    interest_rate: f64,
+    created_timestamp: Option<i64>,
+    source: Option<String>,
+    lender_address: Option<String>,
+    expires_at: Option<i64>,
+}
+
+/// The names of [`IndexedColumns`], in the order of [`changed_indexed`]'s bits.
+const INDEXED: [&str; 8] = [
+    "collateral_token",
+    "borrow_token",
+    "available_borrow_amount",
+    "interest_rate",
+    "created_timestamp",
+    "source",
+    "lender_address",
+    "expires_at",
+];
+
+impl IndexedColumns {
+    pub(crate) fn of(o: &MarginOffer) -> IndexedColumns {
+        IndexedColumns {
+            collateral_token: o.collateral_token.clone(),
+            borrow_token: o.borrow_token.clone(),
+            available_borrow_amount: o.available_borrow_amount,
+            interest_rate: o.interest_rate,
+            created_timestamp: o.created_timestamp.map(Timestamp::as_nanos),
+            source: o.source.clone(),
+            lender_address: o.lender_address.clone(),
+            expires_at: o.expires_at().map(Timestamp::as_nanos),
+        }
+    }
+}
+
+/// One bit per [`INDEXED`] column whose value `new` changes (floats by
+/// bits, so even 0.0 to -0.0 is written).
+fn changed_indexed(old: &IndexedColumns, new: &MarginOffer) -> u8 {
+    let changes = [
+        old.collateral_token != new.collateral_token,
+        old.borrow_token != new.borrow_token,
+        old.available_borrow_amount.to_bits() != new.available_borrow_amount.to_bits(),
+        old.interest_rate.to_bits() != new.interest_rate.to_bits(),
+        old.created_timestamp != new.created_timestamp.map(Timestamp::as_nanos),
+        old.source != new.source,
+        old.lender_address != new.lender_address,
+        old.expires_at != new.expires_at().map(Timestamp::as_nanos),
+    ];
+    changes
+        .iter()
+        .enumerate()
+        .fold(0, |mask, (bit, changed)| mask | (u8::from(*changed) << bit))
+}
+
+/// `UPDATE` of the unindexed columns plus the indexed ones in `mask`:
+/// SQLite maintains only the indexes over assigned columns.
+fn narrow_update_sql(mask: u8) -> String {
+    let mut set = vec![
+        "offer_type = ?",
+        "max_open_ltv = ?",
+        "liquidation_ltv = ?",
+        "interest_model = ?",
+        "term_days = ?",
+        "liquidity_source = ?",
+        "last_borrowed_timestamp = ?",
+        "updated_timestamp = ?",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    for (bit, col) in INDEXED.iter().enumerate() {
+        if mask & (1 << bit) != 0 {
+            set.push(format!("{col} = ?"));
+        }
+    }
+    format!("UPDATE offers SET {} WHERE id = ?", set.join(", "))
+}
+
+fn narrow_update(conn: &Connection, o: &MarginOffer, mask: u8) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(&narrow_update_sql(mask))?;
+    stmt.raw_bind_parameter(1, o.offer_type.as_str())?;
+    stmt.raw_bind_parameter(2, o.max_open_ltv)?;
+    stmt.raw_bind_parameter(3, o.liquidation_ltv)?;
+    stmt.raw_bind_parameter(4, o.interest_model.as_str())?;
+    stmt.raw_bind_parameter(5, o.term_days)?;
+    stmt.raw_bind_parameter(6, &o.liquidity_source)?;
+    stmt.raw_bind_parameter(7, o.last_borrowed_timestamp.map(Timestamp::as_nanos))?;
+    stmt.raw_bind_parameter(8, o.updated_timestamp.map(Timestamp::as_nanos))?;
+    let mut next = 9;
+    for bit in 0..INDEXED.len() {
+        if mask & (1 << bit) == 0 {
+            continue;
+        }
+        match bit {
+            0 => stmt.raw_bind_parameter(next, &o.collateral_token)?,
+            1 => stmt.raw_bind_parameter(next, &o.borrow_token)?,
+            2 => stmt.raw_bind_parameter(next, o.available_borrow_amount)?,
+            3 => stmt.raw_bind_parameter(next, o.interest_rate)?,
+            4 => stmt.raw_bind_parameter(next, o.created_timestamp.map(Timestamp::as_nanos))?,
+            5 => stmt.raw_bind_parameter(next, &o.source)?,
+            6 => stmt.raw_bind_parameter(next, &o.lender_address)?,
+            _ => stmt.raw_bind_parameter(next, o.expires_at().map(Timestamp::as_nanos))?,
+        }
+        next += 1;
+    }
+    stmt.raw_bind_parameter(next, &o.id)?;
+    stmt.raw_execute()?;
+    Ok(())
+}
+
+/// Applies `plan` under the next revision and logs one change per write.
+/// `stored` holds the indexed columns of offers known to exist (may be
+/// empty): those are updated in place touching only the indexes whose
+/// columns change, the rest are upserted in batches.
+/// Returns the revision the caller reports: the new one, or the current one
+/// when the plan is empty (nothing written, no revision taken).
+pub(crate) fn apply_plan(
+    conn: &Connection,
+    plan: &WritePlan,
+    ctx: &WriteContext,
+    now: Timestamp,
+    stored: &HashMap<String, IndexedColumns>,
+) -> StoreResult<Revision> {
+    let current = current_revision(conn)?;
+    if plan.is_empty() {
+        return Ok(current);
+    }
+    let revision = current + 1;
+    let operation_id = if ctx.operation_id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        ctx.operation_id.clone()
+    };
+    let prepare = |sql: String| conn.prepare_cached(&sql).map_err(map_err);
+    let mut upsert_full = prepare(upsert_sql(BATCH_ROWS))?;
+    let mut upsert_one = prepare(upsert_sql(1))?;
+    let mut delete_full = prepare(delete_sql(BATCH_ROWS))?;
+    let mut delete_one = prepare(delete_sql(1))?;
+    let bind_upsert = |stmt: &mut Statement<'_>, next: usize, w: &PlannedWrite| {
+        let next = bind_offer(stmt, next, &w.offer)?;
+        stmt.raw_bind_parameter(next, w.offer.expires_at().map(Timestamp::as_nanos))?;
+        Ok(next + 1)
+    };
+    let bind_delete = |stmt: &mut Statement<'_>, next: usize, w: &PlannedWrite| {
+        stmt.raw_bind_parameter(next, &w.offer.id)?;
+        Ok(next + 1)
+    };
+    // Runs of consecutive upserts or deletes, each batched, in plan order
+    // (a plan never names an id twice, but order is kept regardless).
+    let is_delete = |w: &PlannedWrite| matches!(w.change_type, ChangeType::Deleted);
+    let mut rest = plan.writes.as_slice();
+    while let Some(first) = rest.first() {
+        let deleting = is_delete(first);
+        let len = rest.iter().take_while(|w| is_delete(w) == deleting).count();
+        let (run, after) = rest.split_at(len);
+        if deleting {
+            execute_batched(run, &mut delete_full, &mut delete_one, bind_delete)
+        } else if stored.is_empty() {
+            execute_batched(run, &mut upsert_full, &mut upsert_one, bind_upsert)
+        } else {
+            // Ids are distinct within a plan, so updates and inserts of one
+            // run may go in either order.
+            let mut inserts: Vec<&PlannedWrite> = Vec::new();
+            for w in run {
+                match stored.get(&w.offer.id) {
+                    Some(old) => narrow_update(conn, &w.offer, changed_indexed(old, &w.offer))
+                        .map_err(map_err)?,
+                    None => inserts.push(w),
+                }
+            }
+            execute_batched(&inserts, &mut upsert_full, &mut upsert_one, |s, n, w| {
+                bind_upsert(s, n, w)
+            })
+        }
+        .map_err(map_err)?;
+        rest = after;
+    }
+    let mut log_full = prepare(log_sql(BATCH_ROWS))?;
+    let mut log_one = prepare(log_sql(1))?;
+    let ts = now.as_nanos();
+    let logged: Vec<(i64, &PlannedWrite)> = (0_i64..).zip(plan.writes.iter()).collect();
+    execute_batched(
+        &logged,
+        &mut log_full,
+        &mut log_one,
+        |stmt, next, (seq, w)| {
+            stmt.raw_bind_parameter(next, revision)?;
+            stmt.raw_bind_parameter(next + 1, *seq)?;
+            stmt.raw_bind_parameter(next + 2, w.change_type.wire_value())?;
+            stmt.raw_bind_parameter(next + 3, ts)?;
+            stmt.raw_bind_parameter(next + 4, &ctx.origin)?;
+            stmt.raw_bind_parameter(next + 5, &operation_id)?;
+            bind_offer(stmt, next + 6, &w.offer)
+        },
+    )
+    .map_err(map_err)?;
     set_meta(conn, "revision", revision)?;
     Ok(revision)
+}
+
+/// Ids per `IN (...)` list of [`existing_ids`].
+const ID_BATCH: usize = 500;
+
+/// Which of `ids` exist, by batched `IN` queries.
+pub(crate) fn existing_ids(conn: &Connection, ids: Vec<&str>) -> StoreResult<HashSet<String>> {
+    let mut found = HashSet::new();
+    let sql = |n: usize| {
+        format!(
+            "SELECT id FROM offers WHERE id IN ({})",
+            vec!["?"; n].join(", ")
+        )
+    };
+    let mut full = conn.prepare_cached(&sql(ID_BATCH)).map_err(map_err)?;
+    for chunk in ids.chunks(ID_BATCH) {
+        // The last, shorter chunk gets a statement of its own size, not cached:
+        // its length varies from call to call.
+        let mut short;
+        let stmt = if chunk.len() == ID_BATCH {
+            &mut *full
+        } else {
+            short = conn.prepare(&sql(chunk.len())).map_err(map_err)?;
+            &mut short
+        };
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, String>(0))
+            .map_err(map_err)?;
+        for id in rows {
+            found.insert(id.map_err(map_err)?);
+        }
+    }
+    Ok(found)
 }
 
 /// Deletes whole revisions from the front of the change log while at least

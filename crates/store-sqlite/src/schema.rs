@@ -87,6 +87,36 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('revision', 0), ('pruned_through', 0);
     ",
+    // v2: indexes shaped like the common listings (issue #7).
+    //
+    // Each index serves a filter prefix plus a sort key, so a page is an
+    // index range read in order that stops at the limit, and the keyset
+    // condition (`key >= ? AND (key > ? OR id > ?)`) seeks to the page
+    // start. Ties sort by id ascending in both directions, so a DESC key is
+    // declared DESC: then one forward scan yields (key DESC, id ASC)
+    // exactly. The opposite direction still uses the index for the key and
+    // sorts only the ties. `expires_at` trails every list index so the
+    // `total` count (which hides expired offers) reads the index alone.
+    //
+    // The set, one index per shape rather than per combination (each costs
+    // every write):
+    // - created DESC: the default listing, unfiltered;
+    // - borrow token + interest rate: the borrower's question (cheapest
+    //   first); also serves the borrow-token and token-pair filters;
+    // - collateral token + created DESC: the collateral side's listing;
+    // - available amount DESC: the deepest-liquidity listing.
+    // Other filters and sorts read the nearest of these and sort the rest.
+    // v1's (borrow_token, collateral_token) and (created_timestamp) are
+    // replaced; source and lender keep theirs (overwrite scopes, lookups).
+    "
+    DROP INDEX offers_created;
+    DROP INDEX offers_pair;
+    CREATE INDEX offers_created ON offers (created_timestamp DESC, id, expires_at);
+    CREATE INDEX offers_borrow_rate ON offers (borrow_token, interest_rate, id, expires_at);
+    CREATE INDEX offers_collateral_created
+        ON offers (collateral_token, created_timestamp DESC, id, expires_at);
+    CREATE INDEX offers_amount ON offers (available_borrow_amount DESC, id, expires_at);
+    ",
 ];
 
 /// The schema version this build writes.
@@ -129,10 +159,14 @@ pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
     }
     // A large page cache keeps big overwrites from spilling to the WAL and
     // re-reading index pages mid-transaction.
+    // The WAL is checkpointed by a thread of its own (`checkpoint.rs`), so
+    // a commit returns once it is durable in the WAL instead of also
+    // copying the WAL into the database on the caller's time.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = FULL; PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY"
+        "PRAGMA synchronous = FULL; PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
+         PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0"
     ))
-        .map_err(|e| unavailable_at(path, &e))?;
+    .map_err(|e| unavailable_at(path, &e))?;
     migrate(&mut conn).map_err(|e| match e {
         offer_domain::StoreError::Unavailable(m) | offer_domain::StoreError::Internal(m) => {
             offer_domain::StoreError::Unavailable(format!(
@@ -142,6 +176,17 @@ pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
         }
         other => other,
     })?;
+    Ok(conn)
+}
+
+/// Opens the background checkpointer's connection (see `checkpoint.rs`).
+pub(crate) fn open_checkpointer(path: &Path) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable_at(path, &e))?;
+    common_pragmas(&conn, path)?;
+    // Checkpoint writes are as durable as the commits they copy.
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(|e| unavailable_at(path, &e))?;
     Ok(conn)
 }
 

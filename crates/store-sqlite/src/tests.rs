@@ -426,3 +426,180 @@ async fn overwrite_100k_throughput() {
         out.deleted_ids.len()
     );
 }
+
+fn query_plan(store: &SqliteStore, sql: &str, params: &[store_sql::SqlValue]) -> String {
+    with_writer(store, |c| {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(params_from_iter(rows::values(params)), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+            .join("\n")
+    })
+}
+
+/// The common listings read their index in order (no sort of the matches)
+/// on the first and on a token page, and count from the index alone.
+#[tokio::test]
+async fn common_listings_read_an_index_in_order() {
+    let (_dir, store) = open_temp().await;
+    store
+        .bulk_create((0..50).map(offer).collect(), Default::default(), &ctx())
+        .await
+        .unwrap();
+    let shape = |borrow: Option<&str>, collateral: Option<&str>, by, order| ListQuery {
+        filter: offer_domain::OfferFilter {
+            borrow_token: borrow.map(Into::into),
+            collateral_token: collateral.map(Into::into),
+            ..Default::default()
+        },
+        sort_by: by,
+        sort_order: order,
+        limit: 2,
+        ..Default::default()
+    };
+    let cases = [
+        (
+            shape(Some("USDC"), None, SortField::InterestRate, SortOrder::Asc),
+            "offers_borrow_rate",
+        ),
+        (
+            shape(
+                None,
+                Some("SOL"),
+                SortField::CreatedTimestamp,
+                SortOrder::Desc,
+            ),
+            "offers_collateral_created",
+        ),
+        (
+            shape(
+                None,
+                None,
+                SortField::AvailableBorrowAmount,
+                SortOrder::Desc,
+            ),
+            "offers_amount",
+        ),
+        (
+            shape(None, None, SortField::CreatedTimestamp, SortOrder::Desc),
+            "offers_created",
+        ),
+    ];
+    for (query, index) in cases {
+        let first = store.list(&query).await.unwrap();
+        let next = ListQuery {
+            page_token: first.next_page_token.clone(),
+            ..query.clone()
+        };
+        assert!(next.page_token.is_some());
+        for q in [&query, &next] {
+            let statements = list_statements(q, &q.resolve().unwrap(), Timestamp::now()).unwrap();
+            let page = query_plan(&store, &statements.page.0, &statements.page.1);
+            assert!(page.contains(index), "{q:?} does not use {index}:\n{page}");
+            assert!(!page.contains("TEMP B-TREE"), "{q:?} sorts:\n{page}");
+            let count = query_plan(&store, &statements.count.0, &statements.count.1);
+            assert!(
+                count.contains("COVERING INDEX"),
+                "{q:?} counts from the table:\n{count}"
+            );
+        }
+    }
+}
+
+/// A file written by the first schema version is upgraded in place.
+#[tokio::test]
+async fn a_version_1_file_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO offers (id, offer_type, collateral_token, borrow_token,
+               available_borrow_amount, max_open_ltv, liquidation_ltv, interest_rate,
+               interest_model, liquidity_source, created_timestamp, updated_timestamp)
+             VALUES ('old', 'V1', 'SOL', 'USDC', 5.0, 0.5, 0.9, 0.1, 'floating',
+               'marginfi', 1, 1);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let version: i64 = with_writer(&store, |c| {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    });
+    assert_eq!(version, schema::SCHEMA_VERSION);
+    let mut q = ListQuery {
+        sort_by: SortField::InterestRate,
+        sort_order: SortOrder::Asc,
+        ..Default::default()
+    };
+    q.filter.borrow_token = Some("USDC".into());
+    let page = store.list(&q).await.unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(page.offers[0].id, "old");
+}
+
+/// Overwrites update rows in place touching only the indexes whose columns
+/// change; the indexes must still agree with the rows.
+#[tokio::test]
+async fn in_place_overwrite_updates_keep_indexes_consistent() {
+    let (_dir, store) = open_temp().await;
+    let scoped = |f: &dyn Fn(&mut MarginOffer)| -> Vec<MarginOffer> {
+        (0..40)
+            .map(|i| {
+                let mut o = offer(i);
+                o.source = Some("scope".into());
+                f(&mut o);
+                o
+            })
+            .collect()
+    };
+    let req = |offers| OverwriteRequest {
+        offers,
+        filter: Some(OverwriteFilter::source("scope")),
+        ..Default::default()
+    };
+    store.overwrite(req(scoped(&|_| {})), &ctx()).await.unwrap();
+    // Half change an indexed column (borrow token), all change an unindexed one.
+    let out = store
+        .overwrite(
+            req(scoped(&|o| {
+                o.max_open_ltv = 0.51;
+                if o.id.ends_with(['0', '2', '4', '6', '8']) {
+                    o.borrow_token = "NEW".into();
+                }
+            })),
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.updated_ids.len(), 40);
+    let mut q = ListQuery {
+        sort_by: SortField::InterestRate,
+        sort_order: SortOrder::Asc,
+        limit: 100,
+        ..Default::default()
+    };
+    q.filter.borrow_token = Some("NEW".into());
+    let moved = store.list(&q).await.unwrap();
+    assert_eq!(moved.offers.len(), 20);
+    assert!(moved.offers.iter().all(|o| o.max_open_ltv == 0.51));
+    q.filter.borrow_token = Some("USDC".into());
+    let usdc = store.list(&q).await.unwrap();
+    assert_eq!(usdc.offers.len(), 0, "even ids were USDC and all moved");
+    q.filter.borrow_token = Some("USDT".into());
+    let kept = store.list(&q).await.unwrap();
+    assert_eq!(kept.offers.len(), 20);
+    assert!(kept.offers.iter().all(|o| o.max_open_ltv == 0.51));
+    let check: String = with_writer(&store, |c| {
+        c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap()
+    });
+    assert_eq!(check, "ok");
+}
