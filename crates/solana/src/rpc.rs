@@ -7,16 +7,16 @@
 //! - Retries: HTTP 429 (honouring `Retry-After`), 5xx, JSON-RPC -32005 /
 //!   -32603, timeouts and connection errors are transient and retried with
 //!   exponential backoff and jitter; any other JSON-RPC error is permanent.
-//! - Parsing: a response can be tens of MB. The body is deserialized once,
-//!   straight from the bytes, into typed structs that borrow the base64 and
-//!   base58 text (as raw bytes: the decoders check the alphabet, so no UTF-8
-//!   pass); each account's data is base64-decoded as it is visited, into one
-//!   buffer reused for every account ([`RpcClient::for_each_program_account`],
+//! - Parsing: a `getProgramAccounts` response can be tens of MB. It is read
+//!   once, straight from the bytes, by a strict hand-written scanner
+//!   (`scan`): strings are borrowed from the body, the repeated owner is
+//!   decoded once, and each account's data is base64-decoded into one buffer
+//!   reused for every account ([`RpcClient::for_each_program_account`],
 //!   [`AccountRef`]), so a caller that decodes accounts in place allocates
-//!   nothing per account. No `serde_json::Value` tree is built. A body that
-//!   is not valid JSON-RPC or holds bad base64 is [`RpcError::Malformed`]:
-//!   the whole call fails, since a partial account list must never become
-//!   a snapshot.
+//!   nothing per account. Smaller responses go through serde into typed
+//!   structs; no `serde_json::Value` tree is built. A body that is not valid
+//!   JSON-RPC or holds bad base64 is [`RpcError::Malformed`]: the whole call
+//!   fails, since a partial account list must never become a snapshot.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -25,11 +25,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::pubkey::Pubkey;
+
+mod scan;
 
 /// `getMultipleAccounts` accepts at most this many keys per call.
 pub const MULTIPLE_ACCOUNTS_CHUNK: usize = 100;
@@ -265,17 +267,18 @@ impl RpcClient {
             "commitment": "confirmed",
             "filters": filters,
         }]);
-        let mut data = Vec::new();
+        let (mut data, mut owner) = (Vec::new(), None);
         self.call_with(
             METHOD,
             &params,
             self.opts.program_accounts_timeout,
             |body| {
-                let seed = AccountsSeed {
+                let mut reader = scan::AccountReader {
                     visit: &mut visit,
                     data: &mut data,
+                    owner: &mut owner,
                 };
-                parse_envelope_seed(METHOD, body, seed)
+                parse_scanned(METHOD, body, |s| reader.accounts(s))
             },
         )
         .await
@@ -308,7 +311,7 @@ impl RpcClient {
         const METHOD: &str = "getProgramAccountsV2";
         let filters: Vec<_> = filters.iter().map(Filter::to_json).collect();
         let mut total = 0;
-        let mut data = Vec::new();
+        let (mut data, mut owner) = (Vec::new(), None);
         let mut key: Option<String> = None;
         let mut seen = std::collections::HashSet::new();
         for _ in 0..self.opts.v2_max_pages.max(1) {
@@ -328,11 +331,12 @@ impl RpcClient {
                     &params,
                     self.opts.program_accounts_timeout,
                     |body| {
-                        let seed = V2PageSeed(AccountsSeed {
+                        let mut reader = scan::AccountReader {
                             visit: &mut visit,
                             data: &mut data,
-                        });
-                        parse_envelope_seed(METHOD, body, seed)
+                            owner: &mut owner,
+                        };
+                        parse_scanned(METHOD, body, |s| reader.v2_page(s))
                     },
                 )
                 .await?;
@@ -601,19 +605,21 @@ fn parse_envelope<T: DeserializeOwned>(method: &str, body: &[u8]) -> Result<T, F
         .ok_or_else(|| malformed(method, "neither result nor error"))
 }
 
-/// A whole response body, its `result` parsed by `seed` (which yields
-/// `None` for a null result).
-fn parse_envelope_seed<'de, S, T>(method: &str, body: &'de [u8], seed: S) -> Result<T, Failure>
-where
-    S: DeserializeSeed<'de, Value = Option<T>>,
-{
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let (result, error) = EnvelopeSeed(seed)
-        .deserialize(&mut de)
-        .and_then(|env| de.end().map(|()| env))
-        .map_err(|e| malformed(method, e))?;
-    match (result, error) {
-        // The seed has visited the result: retrying the call would visit it
+/// A whole `getProgramAccounts`-shaped body, read by the [`scan`]ner;
+/// `result` reads the result (`None` for null).
+fn parse_scanned<'a, T>(
+    method: &str,
+    body: &'a [u8],
+    result: impl FnMut(&mut scan::Scanner<'a>) -> scan::ScanResult<Option<T>>,
+) -> Result<T, Failure> {
+    let env = scan::envelope(body, result).map_err(|e| malformed(method, e))?;
+    let error = match env.error {
+        Some(raw) => serde_json::from_slice::<Option<WireError>>(raw)
+            .map_err(|e| malformed(method, format!("error: {e}")))?,
+        None => None,
+    };
+    match (env.result, error) {
+        // The result has been visited: retrying the call would visit it
         // again, so a body with both is not trusted at all.
         (Some(_), Some(_)) => Err(malformed(method, "both result and error")),
         (None, Some(err)) => Err(classify_rpc_error(method, err)),
@@ -627,202 +633,6 @@ fn malformed(method: &str, message: impl fmt::Display) -> Failure {
         method: method.into(),
         message: message.to_string(),
     })
-}
-
-/// The envelope's fields; the rest (`jsonrpc`, `id`) is skipped unread.
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum EnvelopeField {
-    Result,
-    Error,
-    #[serde(other)]
-    Other,
-}
-
-/// `{"result": …, "error": …}` with the result parsed by a seed.
-struct EnvelopeSeed<S>(S);
-
-impl<'de, S: DeserializeSeed<'de, Value = Option<T>>, T> DeserializeSeed<'de> for EnvelopeSeed<S> {
-    type Value = (Option<T>, Option<WireError>);
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de, S: DeserializeSeed<'de, Value = Option<T>>, T> Visitor<'de> for EnvelopeSeed<S> {
-    type Value = (Option<T>, Option<WireError>);
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON-RPC response object")
-    }
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut seed = Some(self.0);
-        let (mut result, mut error) = (None, None);
-        while let Some(field) = map.next_key::<EnvelopeField>()? {
-            match field {
-                EnvelopeField::Result => match seed.take() {
-                    Some(seed) => result = map.next_value_seed(seed)?,
-                    None => return Err(de::Error::duplicate_field("result")),
-                },
-                EnvelopeField::Error => error = map.next_value::<Option<WireError>>()?,
-                EnvelopeField::Other => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok((result, error))
-    }
-}
-
-/// Visits each account of a `getProgramAccounts` result: a plain array, or
-/// `{context, value}` when a provider adds the context anyway. Yields the
-/// number of accounts, `None` for a null result.
-struct AccountsSeed<'v, F> {
-    visit: &'v mut F,
-    /// Decoded data of the account being visited, reused for the next.
-    data: &'v mut Vec<u8>,
-}
-
-impl<'de, F: FnMut(&Pubkey, AccountRef<'_>)> DeserializeSeed<'de> for AccountsSeed<'_, F> {
-    type Value = Option<usize>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-/// The one field of `{context, value}` that is read.
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum ContextField {
-    Value,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de, F: FnMut(&Pubkey, AccountRef<'_>)> Visitor<'de> for AccountsSeed<'_, F> {
-    type Value = Option<usize>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of keyed accounts or {context, value}")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut count = 0;
-        while let Some(keyed) = seq.next_element::<WireKeyedText<'de>>()? {
-            let account = keyed.account;
-            account
-                .data
-                .decode_into(self.data)
-                .map_err(de::Error::custom)?;
-            (self.visit)(
-                &keyed.pubkey,
-                AccountRef {
-                    lamports: account.lamports,
-                    owner: account.owner,
-                    data: self.data,
-                    executable: account.executable,
-                },
-            );
-            count += 1;
-        }
-        Ok(Some(count))
-    }
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut count = None;
-        while let Some(field) = map.next_key::<ContextField>()? {
-            match field {
-                ContextField::Value if count.is_none() => {
-                    let inner = AccountsSeed {
-                        visit: &mut *self.visit,
-                        data: &mut *self.data,
-                    };
-                    count = Some(map.next_value_seed(inner)?);
-                }
-                ContextField::Value => return Err(de::Error::duplicate_field("value")),
-                ContextField::Other => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-        }
-        match count {
-            Some(Some(n)) => Ok(Some(n)),
-            Some(None) => Err(de::Error::invalid_type(
-                de::Unexpected::Unit,
-                &"an array of keyed accounts",
-            )),
-            None => Err(de::Error::missing_field("value")),
-        }
-    }
-}
-
-/// A `getProgramAccountsV2` page: `{accounts, paginationKey}`, yielding the
-/// page's account count and the next key.
-struct V2PageSeed<'v, F>(AccountsSeed<'v, F>);
-
-#[derive(Deserialize)]
-enum V2PageField {
-    #[serde(rename = "accounts")]
-    Accounts,
-    #[serde(rename = "paginationKey")]
-    PaginationKey,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de, F: FnMut(&Pubkey, AccountRef<'_>)> DeserializeSeed<'de> for V2PageSeed<'_, F> {
-    type Value = Option<(usize, Option<String>)>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, F: FnMut(&Pubkey, AccountRef<'_>)> Visitor<'de> for V2PageSeed<'_, F> {
-    type Value = Option<(usize, Option<String>)>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a page {accounts, paginationKey}")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut seed = Some(self.0);
-        let mut count = None;
-        let mut pagination_key = None;
-        while let Some(field) = map.next_key::<V2PageField>()? {
-            match field {
-                V2PageField::Accounts => match seed.take() {
-                    Some(seed) => count = map.next_value_seed(seed)?,
-                    None => return Err(de::Error::duplicate_field("accounts")),
-                },
-                V2PageField::PaginationKey => {
-                    pagination_key = map.next_value::<Option<String>>()?;
-                }
-                V2PageField::Other => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-        }
-        let count = count.ok_or_else(|| de::Error::missing_field("accounts"))?;
-        Ok(Some((count, pagination_key)))
-    }
-}
-
-/// A keyed account with its data still base64 text.
-#[derive(Deserialize)]
-struct WireKeyedText<'a> {
-    pubkey: Pubkey,
-    #[serde(borrow)]
-    account: WireAccountText<'a>,
-}
-
-#[derive(Deserialize)]
-struct WireAccountText<'a> {
-    lamports: u64,
-    owner: Pubkey,
-    #[serde(borrow)]
-    data: Base64Text<'a>,
-    #[serde(default)]
-    executable: bool,
 }
 
 /// An owned account (`getMultipleAccounts`, `getAccountInfo`).
@@ -910,12 +720,13 @@ pub fn parse_program_accounts_response_with(
     mut visit: impl FnMut(&Pubkey, AccountRef<'_>),
 ) -> Result<usize, RpcError> {
     const METHOD: &str = "getProgramAccounts";
-    let mut data = Vec::new();
-    let seed = AccountsSeed {
+    let (mut data, mut owner) = (Vec::new(), None);
+    let mut reader = scan::AccountReader {
         visit: &mut visit,
         data: &mut data,
+        owner: &mut owner,
     };
-    parse_envelope_seed(METHOD, body, seed).map_err(|failure| match failure {
+    parse_scanned(METHOD, body, |s| reader.accounts(s)).map_err(|failure| match failure {
         Failure::Final(e) => e,
         Failure::Retry { message, .. } => RpcError::Transient {
             method: METHOD.into(),
@@ -975,6 +786,71 @@ mod tests {
         Ok(())
     }
 
+    /// The scanner reads any JSON layout of the same response alike.
+    #[test]
+    fn layout_whitespace_escapes_and_unknown_members_do_not_matter() -> Result<(), RpcError> {
+        let keys: Vec<Pubkey> = (1u8..5).map(|i| Pubkey([i; 32])).collect();
+        let owner = Pubkey::default();
+        let datas: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8; 3 * i + 1]).collect();
+        let result: Vec<serde_json::Value> = keys
+            .iter()
+            .zip(&datas)
+            .enumerate()
+            .map(|(i, (k, d))| {
+                json!({
+                    "extra": {"deep": [[{"x": [1.5e-3, -0, true, null, "\u{e9}\u{1f600}\\"]}]]},
+                    "account": {
+                        "space": d.len(), "rentEpoch": u64::MAX,
+                        "data": [BASE64.encode(d), "base64"],
+                        "owner": owner.to_string(), "lamports": i, "executable": i % 2 == 1,
+                    },
+                    "pubkey": k.to_string(),
+                })
+            })
+            .collect();
+        let expected: Vec<KeyedAccount> = keys
+            .iter()
+            .zip(&datas)
+            .enumerate()
+            .map(|(i, (k, d))| KeyedAccount {
+                pubkey: *k,
+                account: Account {
+                    lamports: i as u64,
+                    owner,
+                    data: d.clone(),
+                    executable: i % 2 == 1,
+                },
+            })
+            .collect();
+        let envelope = json!({"id": 1, "result": result, "jsonrpc": "2.0"});
+        let compact = serde_json::to_string(&envelope).map_err(|e| malformed_err(&e))?;
+        let pretty = serde_json::to_string_pretty(&envelope).map_err(|e| malformed_err(&e))?;
+        // Escaped slashes and letters are still base64 and base58 text.
+        let escaped = compact
+            .replace('/', "\\/")
+            .replacen("\"extra\"", "\"\\ud83d\\ude00extra\"", 1)
+            .replacen(
+                &owner.to_string(),
+                &owner.to_string().replacen('1', "\\u0031", 1),
+                1,
+            );
+        for body in [compact, pretty, escaped] {
+            assert_eq!(
+                parse_program_accounts_response(body.as_bytes())?,
+                expected,
+                "{body}"
+            );
+        }
+        Ok(())
+    }
+
+    fn malformed_err(e: &serde_json::Error) -> RpcError {
+        RpcError::Malformed {
+            method: "test".into(),
+            message: e.to_string(),
+        }
+    }
+
     #[test]
     fn results_that_cannot_be_trusted_are_malformed() {
         for body in [
@@ -986,6 +862,15 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":1,"result":[],"result":[]}"#,
             br#"{"jsonrpc":"2.0","id":1,"result":[]} trailing"#,
             br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":[1,2],"account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":0}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":1.0}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":01}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":1,"lamports":2}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111"}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":1,"x":[1,]}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":1,"x":"a\q"}}]}"#,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[],\"x\":\"tab\there\"}",
+            br#"{"jsonrpc":"2.0","id":1,"result":[],"x":"\ud800"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[],"x":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#,
         ] {
             assert!(
                 matches!(
