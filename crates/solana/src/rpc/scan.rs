@@ -81,18 +81,24 @@ impl<'a> Scanner<'a> {
     /// owned copy when it has escapes. Bytes are not checked for UTF-8 (as
     /// serde_json's `deserialize_bytes`): every caller checks its alphabet.
     fn string(&mut self) -> ScanResult<Cow<'a, [u8]>> {
+        let text = self.string_unchecked()?;
+        if text.iter().any(|&c| c < 0x20) {
+            return Err(self.error("control character in string"));
+        }
+        Ok(text)
+    }
+
+    /// [`Self::string`] without the check for raw control characters, for
+    /// base64 and base58 text: their decoders reject those bytes anyway,
+    /// and the data strings are the longest in the body.
+    fn string_unchecked(&mut self) -> ScanResult<Cow<'a, [u8]>> {
         self.eat(b'"')?;
         let start = self.pos;
         let rest = &self.bytes[start..];
-        match memchr::memchr2(b'"', b'\\', rest) {
+        match find_quote_or_backslash(rest) {
             Some(n) if rest[n] == b'"' => {
-                let text = &rest[..n];
-                // A fold, not `any`, so it vectorises: the base64 data is long.
-                if text.iter().fold(false, |bad, &c| bad | (c < 0x20)) {
-                    return Err(self.error("control character in string"));
-                }
                 self.pos = start + n + 1;
-                Ok(Cow::Borrowed(text))
+                Ok(Cow::Borrowed(&rest[..n]))
             }
             Some(_) => self.escaped_string(start).map(Cow::Owned),
             None => Err(self.error("unterminated string")),
@@ -323,6 +329,37 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Where the first `"` or `\\` of `bytes` is, eight bytes at a time: strings
+/// are mostly short keys, where a call into a SIMD search costs more than
+/// it saves.
+fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_byte = |word: u64, byte: u8| {
+        let x = word ^ (ONES * u64::from(byte));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let found = has_byte(word, b'"') | has_byte(word, b'\\');
+        if found != 0 {
+            // The lowest flagged byte is a true match (false flags only
+            // appear above one).
+            return Some(at + found.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|i| at + i)
+}
+
 /// A response envelope: the result as `result` read it, and the raw JSON of
 /// `error` (rare, so left to serde).
 pub(super) struct Envelope<'a, T> {
@@ -441,7 +478,7 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
         let mut account = None;
         s.object(|s, key| match key {
             b"pubkey" => {
-                let text = s.string()?;
+                let text = s.string_unchecked()?;
                 let key = Pubkey::from_base58(&text).map_err(|e| s.error(e))?;
                 s.once(&mut pubkey, "pubkey", key)
             }
@@ -478,7 +515,7 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
                 s.once(&mut lamports, "lamports", v)
             }
             b"owner" => {
-                let text = s.string()?;
+                let text = s.string_unchecked()?;
                 let key = match &*self.owner {
                     Some((cached, key)) if **cached == *text => *key,
                     _ => {
@@ -508,9 +545,9 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
     /// `["<base64>", "base64"]`, decoded into the shared buffer.
     fn base64_data(&mut self, s: &mut Scanner<'_>) -> ScanResult<()> {
         s.eat(b'[')?;
-        let text = s.string()?;
+        let text = s.string_unchecked()?;
         s.eat(b',')?;
-        let encoding = s.string()?;
+        let encoding = s.string_unchecked()?;
         s.eat(b']')?;
         if *encoding != *b"base64" {
             return Err(s.error(format_args!(
@@ -522,5 +559,48 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
         BASE64
             .decode_vec(&*text, self.data)
             .map_err(|e| s.error(format_args!("bad base64 account data: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn word_search_finds_the_first_quote_or_backslash(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![proptest::prelude::any::<u8>(), proptest::strategy::Just(b'"'), proptest::strategy::Just(b'\\')],
+                0..40,
+            )
+        ) {
+            proptest::prop_assert_eq!(
+                find_quote_or_backslash(&bytes),
+                bytes.iter().position(|&c| c == b'"' || c == b'\\')
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_and_literals_follow_the_grammar() {
+        for (text, ok) in [
+            ("0", true),
+            ("-0.5e+10", true),
+            ("18446744073709551615", true),
+            ("1E3", true),
+            ("01", false),
+            ("-", false),
+            ("1.", false),
+            ("1e", false),
+            (".5", false),
+        ] {
+            let mut s = Scanner::new(text.as_bytes());
+            let read = s.skip_value(1).and_then(|()| s.end());
+            assert_eq!(read.is_ok(), ok, "{text}");
+        }
+        assert_eq!(Scanner::new(b"18446744073709551615").u64(), Ok(u64::MAX));
+        assert!(Scanner::new(b"18446744073709551616").u64().is_err());
+        assert!(Scanner::new(b"-1").u64().is_err());
+        assert!(Scanner::new(b"nul").skip_value(1).is_err());
     }
 }
