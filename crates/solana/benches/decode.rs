@@ -9,6 +9,9 @@
 //!   `Vec<(Pubkey, Pool)>`.
 //! - `parse_owned`: `parse_program_accounts_response`, owned `KeyedAccount`s
 //!   (one data copy per account), for callers that keep raw accounts.
+//! - `scan_only` and `base58_keys`, to see where the time goes: the parse
+//!   with a visitor that does nothing, and base58 decoding of the accounts'
+//!   addresses alone (one per account is part of any parse).
 //!
 //! Variants run interleaved, round after round, so load from other processes
 //! hits them alike; each figure is the median of the rounds, and the ratios
@@ -31,10 +34,12 @@ use solana_sources::rpc::{parse_program_accounts_response, parse_program_account
 const ACCOUNTS: usize = 50_000;
 const POOL_LEN: usize = 163; // the largest Lavarage V2 Pool
 
-/// The response body and, for the floor, where each data string lies in it.
-fn response() -> (Vec<u8>, Vec<Range<usize>>) {
+/// The response body, where each data string lies in it (for the floor),
+/// and each account's address text.
+fn response() -> (Vec<u8>, Vec<Range<usize>>, Vec<String>) {
     let mut body = String::from(r#"{"jsonrpc":"2.0","id":1,"result":["#);
     let mut texts = Vec::with_capacity(ACCOUNTS);
+    let mut addresses = Vec::with_capacity(ACCOUNTS);
     let key = |tag: u8, i: usize| {
         let mut k = [tag; 32];
         k[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -55,9 +60,10 @@ fn response() -> (Vec<u8>, Vec<Range<usize>>) {
         if i > 0 {
             body.push(',');
         }
+        addresses.push(key(0xaa, i).to_string());
         body.push_str(&format!(
             r#"{{"pubkey":"{}","account":{{"data":[""#,
-            key(0xaa, i)
+            addresses[i]
         ));
         let start = body.len();
         body.push_str(&BASE64.encode(&data));
@@ -70,7 +76,7 @@ fn response() -> (Vec<u8>, Vec<Range<usize>>) {
         ));
     }
     body.push_str("]}");
-    (body.into_bytes(), texts)
+    (body.into_bytes(), texts, addresses)
 }
 
 fn base64_only(body: &[u8], texts: &[Range<usize>], buf: &mut [u8]) -> usize {
@@ -100,6 +106,20 @@ fn parse_owned(body: &[u8]) -> usize {
     accounts.unwrap_or(0)
 }
 
+fn scan_only(body: &[u8]) -> usize {
+    parse_program_accounts_response_with(body, |_, account| {
+        black_box(account);
+    })
+    .unwrap_or(0)
+}
+
+fn base58_keys(addresses: &[String]) -> usize {
+    addresses
+        .iter()
+        .filter(|a| Pubkey::from_base58(a.as_bytes()).is_ok())
+        .count()
+}
+
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -111,7 +131,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(31)
         .max(1);
-    let (body, texts) = response();
+    let (body, texts, addresses) = response();
     let mut buf = vec![0u8; POOL_LEN + 3];
     let decoded = base64_only(&body, &texts, &mut buf);
     assert_eq!(
@@ -128,6 +148,11 @@ fn main() {
         ),
         ("decode_pools", Box::new(|| decode_pools(black_box(&body)))),
         ("parse_owned", Box::new(|| parse_owned(black_box(&body)))),
+        ("scan_only", Box::new(|| scan_only(black_box(&body)))),
+        (
+            "base58_keys",
+            Box::new(|| base58_keys(black_box(&addresses))),
+        ),
     ];
     let mut samples = vec![Vec::with_capacity(rounds); variants.len()];
     // Two untimed rounds warm caches and the allocator.
