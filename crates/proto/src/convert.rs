@@ -104,20 +104,20 @@ pub fn bulk_offers_from_pb(
     while let Some((index, item)) = items.next() {
         match offer_from_pb_or_back(item) {
             Ok(offer) => offers.push(offer),
-            Err((item, err)) => {
+            Err((id, err)) => {
                 // The slow path: only now are ids copied into errors.
                 let mut errors = Vec::new();
                 let converted = offers.iter().enumerate().map(|(i, o)| {
                     let failure = check_offer(o).err();
                     (i, o.id.as_str().to_owned(), failure)
                 });
-                let failing = std::iter::once((index, item.id, Some(err)));
+                let failing = std::iter::once((index, id, Some(err)));
                 let rest = items.map(|(i, item)| match offer_from_pb_or_back(item) {
                     Ok(o) => {
                         let failure = check_offer(&o).err();
                         (i, o.id, failure)
                     }
-                    Err((item, e)) => (i, item.id, Some(e)),
+                    Err((id, e)) => (i, id, Some(e)),
                 });
                 for (i, id, failure) in converted.chain(failing).chain(rest) {
                     if let Some(e) = failure {
@@ -139,9 +139,9 @@ fn check_offer(o: &MarginOffer) -> Result<(), FieldError> {
     offer_domain::validate::validate_offer(o.clone()).map(drop)
 }
 
-/// [`offer_from_pb`] that gives the message back on failure, so its id can
-/// name the failing item without a copy of every id up front.
-fn offer_from_pb_or_back(p: pb::MarginOffer) -> Result<MarginOffer, (pb::MarginOffer, FieldError)> {
+/// [`offer_from_pb`] that gives the id back on failure, so it can name the
+/// failing item without a copy of every id up front.
+fn offer_from_pb_or_back(p: pb::MarginOffer) -> Result<MarginOffer, (String, FieldError)> {
     let parsed = (|| {
         Ok((
             OfferType::parse_field(&p.offer_type, "offer_type")?,
@@ -156,7 +156,7 @@ fn offer_from_pb_or_back(p: pb::MarginOffer) -> Result<MarginOffer, (pb::MarginO
     })();
     let (offer_type, interest_model, last_borrowed, created, updated) = match parsed {
         Ok(v) => v,
-        Err(e) => return Err((p, e)),
+        Err(e) => return Err((p.id, e)),
     };
     Ok(MarginOffer {
         offer_type,
@@ -1086,8 +1086,8 @@ mod tests {
         );
         let first_unparsable = vec![items[2].clone(), items[0].clone()];
         assert!(matches!(
-            bulk_offers_from_pb(first_unparsable, false).as_deref(),
-            Err([e]) if e.index == 0 && e.id == "c" && e.message.contains("offer_type")
+            bulk_offers_from_pb(first_unparsable, false).err().as_deref(),
+            Some([e]) if e.index == 0 && e.id == "c" && e.message.contains("offer_type")
         ));
 
         let all_good = vec![good("a"), good("d")];
