@@ -64,10 +64,20 @@ pub fn validate_id(id: &str) -> Result<(), FieldError> {
             format!("longer than {MAX_ID_BYTES} bytes ({} bytes)", id.len()),
         ));
     }
-    if id.chars().any(char::is_control) {
+    if has_control_chars(id) {
         return Err(FieldError::new("id", "contains control characters"));
     }
     Ok(())
+}
+
+/// `id.chars().any(char::is_control)`, with a byte scan for ASCII ids (the
+/// usual case): C0 and DEL are the only ASCII control characters.
+fn has_control_chars(id: &str) -> bool {
+    if id.is_ascii() {
+        id.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        id.chars().any(char::is_control)
+    }
 }
 
 fn check_text(field: &str, value: &str) -> Result<(), FieldError> {
@@ -170,6 +180,13 @@ mod tests {
         o.available_borrow_amount = -0.0;
         let v = validate_offer(o).expect("valid");
         assert!(v.available_borrow_amount.is_sign_positive());
+    }
+
+    proptest! {
+        #[test]
+        fn control_char_scan_matches_char_is_control(id in "(.|[\\x00-\\x1f\\x7f-\\u{9f}]){0,40}") {
+            prop_assert_eq!(has_control_chars(&id), id.chars().any(char::is_control));
+        }
     }
 
     proptest! {

@@ -86,15 +86,84 @@ pub fn offer_to_pb(o: MarginOffer) -> pb::MarginOffer {
 /// A complete offer. Numbers are passed through untouched: range checks are
 /// the store's validation, so every path reports them alike.
 pub fn offer_from_pb(p: pb::MarginOffer) -> Result<MarginOffer, FieldError> {
+    offer_from_pb_or_back(p).map_err(|(_, e)| e)
+}
+
+/// The items of a bulk write (`BulkCreateOrUpdate`, `BulkOverwrite`, the
+/// chunks of `OverwriteMarginOffersStream`), every string moved out of the
+/// wire message: no per-item allocation. When an item does not convert,
+/// returns the item errors as the store would report them and converts
+/// nothing: with `validate_all` every failing item in order, including
+/// validation failures of the items that did convert; else the first.
+pub fn bulk_offers_from_pb(
+    items: Vec<pb::MarginOffer>,
+    validate_all: bool,
+) -> Result<Vec<MarginOffer>, Vec<BulkError>> {
+    let mut offers = Vec::with_capacity(items.len());
+    let mut items = items.into_iter().enumerate();
+    while let Some((index, item)) = items.next() {
+        match offer_from_pb_or_back(item) {
+            Ok(offer) => offers.push(offer),
+            Err((id, err)) => {
+                // The slow path: only now are ids copied into errors.
+                let mut errors = Vec::new();
+                let converted = offers.iter().enumerate().map(|(i, o)| {
+                    let failure = check_offer(o).err();
+                    (i, o.id.as_str().to_owned(), failure)
+                });
+                let failing = std::iter::once((index, id, Some(err)));
+                let rest = items.map(|(i, item)| match offer_from_pb_or_back(item) {
+                    Ok(o) => {
+                        let failure = check_offer(&o).err();
+                        (i, o.id, failure)
+                    }
+                    Err((id, e)) => (i, id, Some(e)),
+                });
+                for (i, id, failure) in converted.chain(failing).chain(rest) {
+                    if let Some(e) = failure {
+                        errors.push(BulkError::invalid(i, &id, &e));
+                        if !validate_all {
+                            break;
+                        }
+                    }
+                }
+                return Err(errors);
+            }
+        }
+    }
+    Ok(offers)
+}
+
+/// Whether the store would accept the offer, without moving it.
+fn check_offer(o: &MarginOffer) -> Result<(), FieldError> {
+    offer_domain::validate::validate_offer(o.clone()).map(drop)
+}
+
+/// [`offer_from_pb`] that gives the id back on failure, so it can name the
+/// failing item without a copy of every id up front.
+fn offer_from_pb_or_back(p: pb::MarginOffer) -> Result<MarginOffer, (String, FieldError)> {
+    let parsed = (|| {
+        Ok((
+            OfferType::parse_field(&p.offer_type, "offer_type")?,
+            InterestModel::parse_field(&p.interest_model, "interest_model")?,
+            opt_ts_from_pb(
+                p.last_borrowed_timestamp.as_ref(),
+                "last_borrowed_timestamp",
+            )?,
+            opt_ts_from_pb(p.created_timestamp.as_ref(), "created_timestamp")?,
+            opt_ts_from_pb(p.updated_timestamp.as_ref(), "updated_timestamp")?,
+        ))
+    })();
+    let (offer_type, interest_model, last_borrowed, created, updated) = match parsed {
+        Ok(v) => v,
+        Err(e) => return Err((p.id, e)),
+    };
     Ok(MarginOffer {
-        offer_type: OfferType::parse_field(&p.offer_type, "offer_type")?,
-        interest_model: InterestModel::parse_field(&p.interest_model, "interest_model")?,
-        last_borrowed_timestamp: opt_ts_from_pb(
-            p.last_borrowed_timestamp.as_ref(),
-            "last_borrowed_timestamp",
-        )?,
-        created_timestamp: opt_ts_from_pb(p.created_timestamp.as_ref(), "created_timestamp")?,
-        updated_timestamp: opt_ts_from_pb(p.updated_timestamp.as_ref(), "updated_timestamp")?,
+        offer_type,
+        interest_model,
+        last_borrowed_timestamp: last_borrowed,
+        created_timestamp: created,
+        updated_timestamp: updated,
         id: p.id,
         collateral_token: p.collateral_token,
         borrow_token: p.borrow_token,
@@ -986,5 +1055,48 @@ mod tests {
             operation_id: "op".into(),
         };
         assert_eq!(change_from_pb(change_to_pb(c.clone())), Ok(c));
+    }
+
+    #[test]
+    fn bulk_items_convert_without_copies_and_fail_as_the_store_reports() {
+        let good = |id: &str| offer_to_pb(MarginOffer::example(id));
+        let mut invalid = good("b");
+        invalid.max_open_ltv = 2.0;
+        let mut unparsable = good("c");
+        unparsable.offer_type = "XX".into();
+        let items = vec![good("a"), invalid, unparsable, good("d")];
+
+        let errors = |validate_all| match bulk_offers_from_pb(items.clone(), validate_all) {
+            Err(errors) => errors
+                .into_iter()
+                .map(|e| (e.index, e.id, e.code))
+                .collect::<Vec<_>>(),
+            Ok(_) => Vec::new(),
+        };
+        assert_eq!(
+            errors(true),
+            vec![
+                (1, "b".to_owned(), ErrorCode::InvalidArgument),
+                (2, "c".to_owned(), ErrorCode::InvalidArgument)
+            ]
+        );
+        assert_eq!(
+            errors(false),
+            vec![(1, "b".to_owned(), ErrorCode::InvalidArgument)]
+        );
+        let first_unparsable = vec![items[2].clone(), items[0].clone()];
+        assert!(matches!(
+            bulk_offers_from_pb(first_unparsable, false).err().as_deref(),
+            Some([e]) if e.index == 0 && e.id == "c" && e.message.contains("offer_type")
+        ));
+
+        let all_good = vec![good("a"), good("d")];
+        let expected: Vec<MarginOffer> = all_good
+            .iter()
+            .cloned()
+            .map(offer_from_pb)
+            .collect::<Result<_, _>>()
+            .expect("valid");
+        assert_eq!(bulk_offers_from_pb(all_good, false).ok(), Some(expected));
     }
 }

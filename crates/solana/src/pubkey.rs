@@ -141,18 +141,110 @@ impl fmt::Debug for Pubkey {
 impl FromStr for Pubkey {
     type Err = PubkeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Pubkey::from_base58(s.as_bytes())
+    }
+}
+
+/// The Bitcoin base58 alphabet.
+const BASE58_ALPHABET: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// Digit value of each byte, `0xff` where the byte is not in the alphabet.
+const BASE58_DIGITS: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < BASE58_ALPHABET.len() {
+        table[BASE58_ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// 58^5, the largest power of 58 below 2^32: digits are taken five at a time.
+const POW58_5: u64 = 656_356_768;
+
+/// `POW58_POWERS[i]` = 58^(5·(8−i)) as nine little-endian 32-bit limbs, so
+/// a value given as nine base-58^5 limbs (most significant first) converts
+/// to binary with independent multiplications instead of a carry chain.
+const POW58_POWERS: [[u64; 9]; 9] = {
+    let mut table = [[0u64; 9]; 9];
+    let mut power = [0u64; 9];
+    power[0] = 1;
+    let mut i = 9;
+    while i > 0 {
+        i -= 1;
+        table[i] = power;
+        let mut carry = 0;
+        let mut j = 0;
+        while j < 9 {
+            let t = power[j] * POW58_5 + carry;
+            power[j] = t & 0xffff_ffff;
+            carry = t >> 32;
+            j += 1;
+        }
+    }
+    table
+};
+
+impl Pubkey {
+    /// Base58 text (as bytes) to a pubkey, with exactly the results of
+    /// `bs58::decode(..).onto([0; 32])` and a length check, but without its
+    /// quadratic byte-at-a-time loop: digits are taken five at a time, and
+    /// the groups converted to binary by a fixed table. Account keys were
+    /// the hottest part of parsing a `getProgramAccounts` response.
+    pub fn from_base58(text: &[u8]) -> Result<Self, PubkeyError> {
+        let invalid = || PubkeyError::InvalidBase58(String::from_utf8_lossy(text).into_owned());
         // 32 bytes are at most 44 base58 chars; refuse longer input early.
-        if s.len() > 44 {
-            return Err(PubkeyError::InvalidBase58(s.to_string()));
+        if text.len() > 44 {
+            return Err(invalid());
+        }
+        // Left-padded with zeros (the digit '1') to 45 digits: nine groups
+        // of five, each a base-58^5 limb below 2^30.
+        let mut groups = [0u64; 9];
+        let pad = 45 - text.len();
+        let mut bad = 0u8;
+        for (i, group) in groups.iter_mut().enumerate() {
+            for k in 0..5 {
+                let at = (5 * i + k).wrapping_sub(pad);
+                let digit = text.get(at).map_or(0, |&c| BASE58_DIGITS[usize::from(c)]);
+                bad |= digit & 0x80;
+                *group = *group * 58 + u64::from(digit & 0x7f);
+            }
+        }
+        if bad != 0 {
+            return Err(invalid());
+        }
+        // Each product is below 2^62; nine of them fit a u128.
+        let mut acc = [0u128; 9];
+        for (group, power) in groups.iter().zip(&POW58_POWERS) {
+            for (a, p) in acc.iter_mut().zip(power) {
+                *a += u128::from(group * p);
+            }
+        }
+        // Little-endian 32-bit limbs; the ninth catches values above 2^256.
+        let mut limbs = [0u64; 9];
+        let mut carry = 0u128;
+        for (limb, a) in limbs.iter_mut().zip(acc) {
+            let t = a + carry;
+            *limb = (t & 0xffff_ffff) as u64;
+            carry = t >> 32;
+        }
+        if carry != 0 || limbs[8] != 0 {
+            return Err(invalid());
         }
         let mut out = [0u8; 32];
-        let n = bs58::decode(s)
-            .onto(&mut out)
-            .map_err(|_| PubkeyError::InvalidBase58(s.to_string()))?;
-        if n != 32 {
-            return Err(PubkeyError::WrongLength(n));
+        for (i, limb) in limbs[..8].iter().enumerate() {
+            let at = 28 - 4 * i;
+            out[at..at + 4].copy_from_slice(&(*limb as u32).to_be_bytes());
         }
-        Ok(Pubkey(out))
+        // As in bs58: each leading '1' is one zero byte, followed by the
+        // value's big-endian bytes without leading zeros.
+        let leading_ones = text.iter().take_while(|&&c| c == b'1').count();
+        let value_len = 32 - out.iter().take_while(|&&b| b == 0).count();
+        match leading_ones + value_len {
+            32 => Ok(Pubkey(out)),
+            n if n > 32 => Err(invalid()),
+            n => Err(PubkeyError::WrongLength(n)),
+        }
     }
 }
 
@@ -170,8 +262,22 @@ impl serde::Serialize for Pubkey {
 
 impl<'de> serde::Deserialize<'de> for Pubkey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s: std::borrow::Cow<'de, str> = serde::Deserialize::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        struct Base58Visitor;
+        impl serde::de::Visitor<'_> for Base58Visitor {
+            type Value = Pubkey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a base58 pubkey string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Pubkey, E> {
+                Pubkey::from_base58(v).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Pubkey, E> {
+                self.visit_bytes(v.as_bytes())
+            }
+        }
+        // Asking for bytes lets serde_json hand over the string raw, without
+        // a UTF-8 pass: the base58 alphabet check covers it.
+        d.deserialize_bytes(Base58Visitor)
     }
 }
 
@@ -195,6 +301,76 @@ mod tests {
             Err(PubkeyError::WrongLength(31))
         );
         Ok(())
+    }
+
+    #[test]
+    fn base58_edge_cases_match_bs58() {
+        let max = [0xffu8; 32];
+        let mut one_leading_zero = [0xffu8; 32];
+        one_leading_zero[0] = 0;
+        for text in [
+            String::new(),
+            "1".into(),
+            "1".repeat(32),
+            "1".repeat(33),
+            "1".repeat(44),
+            "z".repeat(44),
+            bs58::encode(max).into_string(),
+            bs58::encode(one_leading_zero).into_string(),
+            bs58::encode([0u8; 31]).into_string(),
+            bs58::encode([7u8; 33]).into_string(),
+            "11111111111111111111111111111112".into(),
+            "So11111111111111111111111111111111111111112".into(),
+            "So1111111111111111111111111111111111111111O".into(),
+            "Sö111111111111111111111111111111111111111".into(),
+        ] {
+            assert_eq!(
+                Pubkey::from_base58(text.as_bytes()),
+                bs58_reference(text.as_bytes()),
+                "{text:?}"
+            );
+        }
+    }
+
+    /// The decoder this module replaced, kept as the reference.
+    fn bs58_reference(text: &[u8]) -> Result<Pubkey, PubkeyError> {
+        let invalid = || PubkeyError::InvalidBase58(String::from_utf8_lossy(text).into_owned());
+        if text.len() > 44 {
+            return Err(invalid());
+        }
+        let mut out = [0u8; 32];
+        let n = bs58::decode(text).onto(&mut out).map_err(|_| invalid())?;
+        if n != 32 {
+            return Err(PubkeyError::WrongLength(n));
+        }
+        Ok(Pubkey(out))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #[test]
+        fn base58_matches_bs58_on_any_text(text in "[1-9A-HJ-NP-Za-km-z0OIl]{0,46}") {
+            proptest::prop_assert_eq!(
+                Pubkey::from_base58(text.as_bytes()),
+                bs58_reference(text.as_bytes())
+            );
+        }
+
+        #[test]
+        fn base58_round_trips_keys_with_leading_zeros(
+            key in proptest::prelude::any::<[u8; 32]>(),
+            zeros in 0usize..33,
+        ) {
+            let mut key = key;
+            key[..zeros].fill(0);
+            let text = bs58::encode(key).into_string();
+            proptest::prop_assert_eq!(Pubkey::from_base58(text.as_bytes()), Ok(Pubkey(key)));
+            let shorter = bs58::encode(&key[1..]).into_string();
+            proptest::prop_assert_eq!(
+                Pubkey::from_base58(shorter.as_bytes()),
+                bs58_reference(shorter.as_bytes())
+            );
+        }
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! - Retries: HTTP 429 (honouring `Retry-After`), 5xx, JSON-RPC -32005 /
 //!   -32603, timeouts and connection errors are transient and retried with
 //!   exponential backoff and jitter; any other JSON-RPC error is permanent.
-//! - Parsing: a response can be tens of MB. The body is deserialized once,
-//!   straight from the bytes, into typed structs that borrow the base64 text;
-//!   each account's data is base64-decoded as it is visited. No
-//!   `serde_json::Value` tree is built. A body that is not valid JSON-RPC or
-//!   holds bad base64 is [`RpcError::Malformed`]: the whole call fails,
-//!   since a partial account list must never become a snapshot.
+//! - Parsing: a `getProgramAccounts` response can be tens of MB. It is read
+//!   once, straight from the bytes, by a strict hand-written scanner
+//!   (`scan`): strings are borrowed from the body, the repeated owner is
+//!   decoded once, and each account's data is base64-decoded into one buffer
+//!   reused for every account ([`RpcClient::for_each_program_account`],
+//!   [`AccountRef`]), so a caller that decodes accounts in place allocates
+//!   nothing per account. Smaller responses go through serde into typed
+//!   structs; no `serde_json::Value` tree is built. A body that is not valid
+//!   JSON-RPC or holds bad base64 is [`RpcError::Malformed`]: the whole call
+//!   fails, since a partial account list must never become a snapshot.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -21,11 +25,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
-use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::pubkey::Pubkey;
+
+mod scan;
 
 /// `getMultipleAccounts` accepts at most this many keys per call.
 pub const MULTIPLE_ACCOUNTS_CHUNK: usize = 100;
@@ -98,6 +104,18 @@ pub struct Account {
     pub executable: bool,
 }
 
+impl Account {
+    /// A borrowed view, as [`RpcClient::for_each_program_account`] gives.
+    pub fn view(&self) -> AccountRef<'_> {
+        AccountRef {
+            lamports: self.lamports,
+            owner: self.owner,
+            data: &self.data,
+            executable: self.executable,
+        }
+    }
+}
+
 impl fmt::Debug for Account {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Account")
@@ -106,6 +124,28 @@ impl fmt::Debug for Account {
             .field("data_len", &self.data.len())
             .field("executable", &self.executable)
             .finish()
+    }
+}
+
+/// An account as a response is parsed: `data` borrows a buffer that the
+/// next account reuses, so visiting accounts allocates nothing per account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountRef<'a> {
+    pub lamports: u64,
+    pub owner: Pubkey,
+    pub data: &'a [u8],
+    pub executable: bool,
+}
+
+impl AccountRef<'_> {
+    /// An owned copy, for callers that keep raw accounts.
+    pub fn to_account(&self) -> Account {
+        Account {
+            lamports: self.lamports,
+            owner: self.owner,
+            data: self.data.to_vec(),
+            executable: self.executable,
+        }
     }
 }
 
@@ -189,23 +229,59 @@ impl RpcClient {
         program: &Pubkey,
         filters: &[Filter],
     ) -> Result<Vec<KeyedAccount>, RpcError> {
+        let mut out = Vec::new();
+        self.for_each_program_account(program, filters, |pubkey, account| {
+            out.push(KeyedAccount {
+                pubkey: *pubkey,
+                account: account.to_account(),
+            });
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Visits every account of `program` matching every filter while the
+    /// response is parsed, and returns how many there were. Cheaper than
+    /// [`Self::get_program_accounts`] for callers that decode each account
+    /// on the spot: no per-account copy of the data is made. Uses the
+    /// paginated V2 method when the options say so.
+    ///
+    /// On an error, some accounts may already have been visited: drop what
+    /// the visitor gathered. A response is never visited twice, since only
+    /// a JSON-RPC error without a result is retried.
+    pub async fn for_each_program_account<F: FnMut(&Pubkey, AccountRef<'_>)>(
+        &self,
+        program: &Pubkey,
+        filters: &[Filter],
+        mut visit: F,
+    ) -> Result<usize, RpcError> {
         if self.opts.use_get_program_accounts_v2 {
-            return self.get_program_accounts_v2(program, filters).await;
+            return self
+                .for_each_program_account_v2(program, filters, visit)
+                .await;
         }
+        const METHOD: &str = "getProgramAccounts";
         let filters: Vec<_> = filters.iter().map(Filter::to_json).collect();
         let params = json!([program.to_string(), {
             "encoding": "base64",
             "commitment": "confirmed",
             "filters": filters,
         }]);
-        let list: AccountList = self
-            .call(
-                "getProgramAccounts",
-                &params,
-                self.opts.program_accounts_timeout,
-            )
-            .await?;
-        Ok(list.0)
+        let (mut data, mut owner) = (Vec::new(), None);
+        self.call_with(
+            METHOD,
+            &params,
+            self.opts.program_accounts_timeout,
+            |body| {
+                let mut reader = scan::AccountReader {
+                    visit: &mut visit,
+                    data: &mut data,
+                    owner: &mut owner,
+                };
+                parse_scanned(METHOD, body, |s| reader.accounts(s))
+            },
+        )
+        .await
     }
 
     /// `getProgramAccountsV2`, following `paginationKey` until it is null.
@@ -214,9 +290,28 @@ impl RpcClient {
         program: &Pubkey,
         filters: &[Filter],
     ) -> Result<Vec<KeyedAccount>, RpcError> {
+        let mut out = Vec::new();
+        self.for_each_program_account_v2(program, filters, |pubkey, account| {
+            out.push(KeyedAccount {
+                pubkey: *pubkey,
+                account: account.to_account(),
+            });
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// [`Self::for_each_program_account`] over `getProgramAccountsV2` pages.
+    async fn for_each_program_account_v2<F: FnMut(&Pubkey, AccountRef<'_>)>(
+        &self,
+        program: &Pubkey,
+        filters: &[Filter],
+        mut visit: F,
+    ) -> Result<usize, RpcError> {
         const METHOD: &str = "getProgramAccountsV2";
         let filters: Vec<_> = filters.iter().map(Filter::to_json).collect();
-        let mut out = Vec::new();
+        let mut total = 0;
+        let (mut data, mut owner) = (Vec::new(), None);
         let mut key: Option<String> = None;
         let mut seen = std::collections::HashSet::new();
         for _ in 0..self.opts.v2_max_pages.max(1) {
@@ -230,11 +325,23 @@ impl RpcClient {
                 obj.insert("paginationKey".into(), json!(k));
             }
             let params = json!([program.to_string(), cfg]);
-            let page: V2Page = self
-                .call(METHOD, &params, self.opts.program_accounts_timeout)
+            let (count, next) = self
+                .call_with(
+                    METHOD,
+                    &params,
+                    self.opts.program_accounts_timeout,
+                    |body| {
+                        let mut reader = scan::AccountReader {
+                            visit: &mut visit,
+                            data: &mut data,
+                            owner: &mut owner,
+                        };
+                        parse_scanned(METHOD, body, |s| reader.v2_page(s))
+                    },
+                )
                 .await?;
-            out.extend(page.accounts.0);
-            match page.pagination_key {
+            total += count;
+            match next {
                 Some(next) if !next.is_empty() => {
                     // A repeated key would loop forever over the same pages.
                     if !seen.insert(next.clone()) {
@@ -245,7 +352,7 @@ impl RpcClient {
                     }
                     key = Some(next);
                 }
-                _ => return Ok(out),
+                _ => return Ok(total),
             }
         }
         Err(RpcError::Malformed {
@@ -298,6 +405,19 @@ impl RpcClient {
         params: &serde_json::Value,
         timeout: Duration,
     ) -> Result<T, RpcError> {
+        self.call_with(method, params, timeout, |body| parse_envelope(method, body))
+            .await
+    }
+
+    /// [`Self::call`] with the response body parsed by `parse`, which runs
+    /// again on each attempt that gets a body.
+    async fn call_with<T>(
+        &self,
+        method: &str,
+        params: &serde_json::Value,
+        timeout: Duration,
+        mut parse: impl FnMut(&[u8]) -> Result<T, Failure>,
+    ) -> Result<T, RpcError> {
         let body = serde_json::to_vec(&Request {
             jsonrpc: "2.0",
             id: 1,
@@ -310,7 +430,7 @@ impl RpcClient {
         })?;
         let mut attempt = 0u32;
         loop {
-            match self.attempt::<T>(method, &body, timeout).await {
+            match self.attempt(method, &body, timeout, &mut parse).await {
                 Ok(v) => return Ok(v),
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Retry { message, after }) => {
@@ -331,11 +451,12 @@ impl RpcClient {
         }
     }
 
-    async fn attempt<T: DeserializeOwned>(
+    async fn attempt<T>(
         &self,
         method: &str,
         body: &[u8],
         timeout: Duration,
+        parse: &mut impl FnMut(&[u8]) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
         let retry = |message: String| Failure::Retry {
             message,
@@ -383,21 +504,7 @@ impl RpcClient {
                 message: format!("HTTP {status}"),
             }));
         }
-        let env: Envelope<T> = serde_json::from_slice(&bytes).map_err(|e| {
-            Failure::Final(RpcError::Malformed {
-                method: method.into(),
-                message: e.to_string(),
-            })
-        })?;
-        if let Some(err) = env.error {
-            return Err(classify_rpc_error(method, err));
-        }
-        env.result.ok_or_else(|| {
-            Failure::Final(RpcError::Malformed {
-                method: method.into(),
-                message: "neither result nor error".into(),
-            })
-        })
+        parse(&bytes)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -488,57 +595,47 @@ struct WithContext<T> {
     value: T,
 }
 
-#[derive(Deserialize)]
-struct V2Page {
-    accounts: AccountList,
-    #[serde(default, rename = "paginationKey")]
-    pagination_key: Option<String>,
+/// A whole response body as a typed envelope.
+fn parse_envelope<T: DeserializeOwned>(method: &str, body: &[u8]) -> Result<T, Failure> {
+    let env: Envelope<T> = serde_json::from_slice(body).map_err(|e| malformed(method, e))?;
+    if let Some(err) = env.error {
+        return Err(classify_rpc_error(method, err));
+    }
+    env.result
+        .ok_or_else(|| malformed(method, "neither result nor error"))
 }
 
-/// `getProgramAccounts` result: a plain array, or `{context, value}` when a
-/// provider adds the context anyway.
-struct AccountList(Vec<KeyedAccount>);
-
-impl<'de> Deserialize<'de> for AccountList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = AccountList;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array of keyed accounts or {context, value}")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AccountList, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
-                while let Some(k) = seq.next_element::<WireKeyed>()? {
-                    out.push(KeyedAccount {
-                        pubkey: k.pubkey,
-                        account: k.account.into(),
-                    });
-                }
-                Ok(AccountList(out))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<AccountList, A::Error> {
-                let mut value = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key == "value" {
-                        value = Some(map.next_value::<AccountList>()?);
-                    } else {
-                        map.next_value::<de::IgnoredAny>()?;
-                    }
-                }
-                value.ok_or_else(|| de::Error::missing_field("value"))
-            }
-        }
-        d.deserialize_any(V)
+/// A whole `getProgramAccounts`-shaped body, read by the [`scan`]ner;
+/// `result` reads the result (`None` for null).
+fn parse_scanned<'a, T>(
+    method: &str,
+    body: &'a [u8],
+    result: impl FnMut(&mut scan::Scanner<'a>) -> scan::ScanResult<Option<T>>,
+) -> Result<T, Failure> {
+    let env = scan::envelope(body, result).map_err(|e| malformed(method, e))?;
+    let error = match env.error {
+        Some(raw) => serde_json::from_slice::<Option<WireError>>(raw)
+            .map_err(|e| malformed(method, format!("error: {e}")))?,
+        None => None,
+    };
+    match (env.result, error) {
+        // The result has been visited: retrying the call would visit it
+        // again, so a body with both is not trusted at all.
+        (Some(_), Some(_)) => Err(malformed(method, "both result and error")),
+        (None, Some(err)) => Err(classify_rpc_error(method, err)),
+        (Some(result), None) => Ok(result),
+        (None, None) => Err(malformed(method, "neither result nor error")),
     }
 }
 
-#[derive(Deserialize)]
-struct WireKeyed {
-    pubkey: Pubkey,
-    account: WireAccount,
+fn malformed(method: &str, message: impl fmt::Display) -> Failure {
+    Failure::Final(RpcError::Malformed {
+        method: method.into(),
+        message: message.to_string(),
+    })
 }
 
+/// An owned account (`getMultipleAccounts`, `getAccountInfo`).
 #[derive(Deserialize)]
 struct WireAccount {
     lamports: u64,
@@ -559,23 +656,40 @@ impl From<WireAccount> for Account {
     }
 }
 
-/// `["<base64>", "base64"]`, decoded while deserializing: the base64 text is
-/// borrowed from the response buffer, never copied.
+/// `["<base64>", "<encoding>"]` as raw bytes borrowed from the response
+/// (owned only where the JSON string has escapes): no UTF-8 pass, since
+/// the base64 decoder checks every byte anyway.
+#[derive(Deserialize)]
+struct Base64Text<'a>(
+    #[serde(borrow)] Cow<'a, [u8]>,
+    #[serde(borrow)] Cow<'a, [u8]>,
+);
+
+impl Base64Text<'_> {
+    /// Decodes into `out`, replacing its contents and keeping its capacity.
+    fn decode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        if *self.1 != *b"base64" {
+            return Err(format!(
+                "account data encoding {:?}, expected base64",
+                String::from_utf8_lossy(&self.1)
+            ));
+        }
+        out.clear();
+        BASE64
+            .decode_vec(&*self.0, out)
+            .map_err(|e| format!("bad base64 account data: {e}"))
+    }
+}
+
+/// Account data decoded while deserializing.
 struct Base64Data(Vec<u8>);
 
 impl<'de> Deserialize<'de> for Base64Data {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Pair<'a>(#[serde(borrow)] Cow<'a, str>, #[serde(borrow)] Cow<'a, str>);
-        let Pair(text, encoding) = Pair::deserialize(d)?;
-        if encoding != "base64" {
-            return Err(de::Error::custom(format!(
-                "account data encoding {encoding:?}, expected base64"
-            )));
-        }
-        decode_base64(&text)
-            .map(Base64Data)
-            .map_err(de::Error::custom)
+        let text = Base64Text::deserialize(d)?;
+        let mut data = Vec::new();
+        text.decode_into(&mut data).map_err(de::Error::custom)?;
+        Ok(Base64Data(data))
     }
 }
 
@@ -586,27 +700,38 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("bad base64 account data: {e}"))
 }
 
-/// Parse a whole `getProgramAccounts` JSON-RPC response body (public for the
-/// benchmark and the realtime ETL's tests).
+/// Parse a whole `getProgramAccounts` JSON-RPC response body into owned
+/// accounts (public for the benchmark and the realtime ETL's tests).
 pub fn parse_program_accounts_response(body: &[u8]) -> Result<Vec<KeyedAccount>, RpcError> {
-    let method = "getProgramAccounts";
-    let env: Envelope<AccountList> =
-        serde_json::from_slice(body).map_err(|e| RpcError::Malformed {
-            method: method.into(),
-            message: e.to_string(),
-        })?;
-    if let Some(err) = env.error {
-        return Err(match classify_rpc_error(method, err) {
-            Failure::Final(e) => e,
-            Failure::Retry { message, .. } => RpcError::Transient {
-                method: method.into(),
-                message,
-            },
+    let mut out = Vec::new();
+    parse_program_accounts_response_with(body, |pubkey, account| {
+        out.push(KeyedAccount {
+            pubkey: *pubkey,
+            account: account.to_account(),
         });
-    }
-    env.result.map(|l| l.0).ok_or_else(|| RpcError::Malformed {
-        method: method.into(),
-        message: "neither result nor error".into(),
+    })?;
+    Ok(out)
+}
+
+/// Parse a whole `getProgramAccounts` JSON-RPC response body, visiting each
+/// account as in [`RpcClient::for_each_program_account`]; returns the count.
+pub fn parse_program_accounts_response_with(
+    body: &[u8],
+    mut visit: impl FnMut(&Pubkey, AccountRef<'_>),
+) -> Result<usize, RpcError> {
+    const METHOD: &str = "getProgramAccounts";
+    let (mut data, mut owner) = (Vec::new(), None);
+    let mut reader = scan::AccountReader {
+        visit: &mut visit,
+        data: &mut data,
+        owner: &mut owner,
+    };
+    parse_scanned(METHOD, body, |s| reader.accounts(s)).map_err(|failure| match failure {
+        Failure::Final(e) => e,
+        Failure::Retry { message, .. } => RpcError::Transient {
+            method: METHOD.into(),
+            message,
+        },
     })
 }
 
@@ -630,6 +755,139 @@ mod tests {
             vec![255]
         );
         Ok(())
+    }
+
+    #[test]
+    fn visiting_reuses_one_buffer_and_sees_every_account() -> Result<(), RpcError> {
+        let body = br#"{"jsonrpc":"2.0","result":{"context":{"slot":1},"value":[
+            {"pubkey":"11111111111111111111111111111112","account":{"data":["AQIDBA==","base64"],"owner":"11111111111111111111111111111111","lamports":7,"executable":true}},
+            {"pubkey":"11111111111111111111111111111113","account":{"lamports":8,"data":["\/w==","base64"],"owner":"11111111111111111111111111111111"}}
+        ]},"id":1}"#;
+        let mut seen = Vec::new();
+        let n = parse_program_accounts_response_with(body, |key, account| {
+            seen.push((*key, account.to_account()));
+        })?;
+        assert_eq!(n, 2);
+        assert_eq!(seen[0].0.0[31], 1);
+        assert_eq!(
+            seen[0].1,
+            Account {
+                lamports: 7,
+                owner: Pubkey::default(),
+                data: vec![1, 2, 3, 4],
+                executable: true,
+            }
+        );
+        assert_eq!(
+            (seen[1].0.0[31], seen[1].1.data.as_slice()),
+            (2, &[255][..])
+        );
+        assert!(!seen[1].1.executable);
+        Ok(())
+    }
+
+    /// The scanner reads any JSON layout of the same response alike.
+    #[test]
+    fn layout_whitespace_escapes_and_unknown_members_do_not_matter() -> Result<(), RpcError> {
+        let keys: Vec<Pubkey> = (1u8..5).map(|i| Pubkey([i; 32])).collect();
+        let owner = Pubkey::default();
+        let datas: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8; 3 * i + 1]).collect();
+        let result: Vec<serde_json::Value> = keys
+            .iter()
+            .zip(&datas)
+            .enumerate()
+            .map(|(i, (k, d))| {
+                json!({
+                    "extra": {"deep": [[{"x": [1.5e-3, -0, true, null, "\u{e9}\u{1f600}\\"]}]]},
+                    "account": {
+                        "space": d.len(), "rentEpoch": u64::MAX,
+                        "data": [BASE64.encode(d), "base64"],
+                        "owner": owner.to_string(), "lamports": i, "executable": i % 2 == 1,
+                    },
+                    "pubkey": k.to_string(),
+                })
+            })
+            .collect();
+        let expected: Vec<KeyedAccount> = keys
+            .iter()
+            .zip(&datas)
+            .enumerate()
+            .map(|(i, (k, d))| KeyedAccount {
+                pubkey: *k,
+                account: Account {
+                    lamports: i as u64,
+                    owner,
+                    data: d.clone(),
+                    executable: i % 2 == 1,
+                },
+            })
+            .collect();
+        let envelope = json!({"id": 1, "result": result, "jsonrpc": "2.0"});
+        let compact = serde_json::to_string(&envelope).map_err(|e| malformed_err(&e))?;
+        let pretty = serde_json::to_string_pretty(&envelope).map_err(|e| malformed_err(&e))?;
+        // Escaped slashes and letters are still base64 and base58 text.
+        let escaped = compact
+            .replace('/', "\\/")
+            .replacen("\"extra\"", "\"\\ud83d\\ude00extra\"", 1)
+            .replacen(
+                &owner.to_string(),
+                &owner.to_string().replacen('1', "\\u0031", 1),
+                1,
+            );
+        for body in [compact, pretty, escaped] {
+            assert_eq!(
+                parse_program_accounts_response(body.as_bytes())?,
+                expected,
+                "{body}"
+            );
+        }
+        Ok(())
+    }
+
+    fn malformed_err(e: &serde_json::Error) -> RpcError {
+        RpcError::Malformed {
+            method: "test".into(),
+            message: e.to_string(),
+        }
+    }
+
+    #[test]
+    fn results_that_cannot_be_trusted_are_malformed() {
+        for body in [
+            // Both a result and an error: a retry would visit the accounts twice.
+            &br#"{"jsonrpc":"2.0","id":1,"result":[],"error":{"code":-32005,"message":"behind"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"result":null}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":{"context":{}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":{"value":null}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[],"result":[]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[]} trailing"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":[1,2],"account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":0}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":1.0}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":01}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":1,"lamports":2}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111"}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":1,"x":[1,]}}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[{"pubkey":"11111111111111111111111111111111","account":{"data":["","base64"],"owner":"11111111111111111111111111111111","lamports":1,"x":"a\q"}}]}"#,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[],\"x\":\"tab\there\"}",
+            br#"{"jsonrpc":"2.0","id":1,"result":[],"x":"\ud800"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":[],"x":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_program_accounts_response(body),
+                    Err(RpcError::Malformed { .. })
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // A null result next to an error is the error.
+        let body =
+            br#"{"jsonrpc":"2.0","id":1,"result":null,"error":{"code":-32005,"message":"behind"}}"#;
+        assert!(matches!(
+            parse_program_accounts_response(body),
+            Err(RpcError::Transient { .. })
+        ));
     }
 
     #[test]

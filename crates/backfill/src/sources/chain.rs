@@ -29,7 +29,7 @@ use solana_sources::decode::DecodeError;
 use solana_sources::lavarage::{self, Lookups, MintInfo, NodeWalletAccount, Version};
 use solana_sources::marginfi;
 use solana_sources::pubkey::{Pubkey, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID};
-use solana_sources::rpc::{Account, KeyedAccount, RpcClient, RpcError, RpcOptions};
+use solana_sources::rpc::{AccountRef, RpcClient, RpcError, RpcOptions};
 
 use crate::job::{ChainParams, JobSpec, Program, SourceParams, TimeWindow};
 use crate::source::{ScopeSnapshot, Snapshot, Source, SourceError};
@@ -164,31 +164,31 @@ impl ChainSource {
         progress: &Progress,
     ) -> Result<Vec<MarginOffer>, SourceError> {
         let program_id = version.program_id();
-        let raw_pools = client
-            .get_program_accounts(&program_id, &lavarage::pool_filters())
+        // Accounts are decoded as the response is parsed: no raw copies.
+        let mut pools = Vec::new();
+        let fetched = client
+            .for_each_program_account(&program_id, &lavarage::pool_filters(), |pubkey, account| {
+                match owned(&account.owner, &program_id)
+                    .and_then(|()| lavarage::decode_pool(version, account.data))
+                {
+                    Ok(p) => pools.push((*pubkey, p)),
+                    Err(e) => skip_account(program, pubkey, "pool", &e),
+                }
+            })
             .await
             .map_err(map_rpc)?;
-        progress.add_fetched(raw_pools.len());
-        let mut pools = Vec::with_capacity(raw_pools.len());
-        for KeyedAccount { pubkey, account } in &raw_pools {
-            match owned(account, &program_id)
-                .and_then(|()| lavarage::decode_pool(version, &account.data))
-            {
-                Ok(p) => pools.push((*pubkey, p)),
-                Err(e) => skip_account(program, pubkey, "pool", &e),
-            }
-        }
-        drop(raw_pools);
+        progress.add_fetched(fetched);
 
         let mut lookups = Lookups::default();
-        let raw_wallets = client
-            .get_program_accounts(&program_id, &lavarage::node_wallet_filters())
+        let fetched = client
+            .for_each_program_account(
+                &program_id,
+                &lavarage::node_wallet_filters(),
+                |pubkey, account| add_node_wallet(&mut lookups, program, version, pubkey, account),
+            )
             .await
             .map_err(map_rpc)?;
-        progress.add_fetched(raw_wallets.len());
-        for KeyedAccount { pubkey, account } in &raw_wallets {
-            add_node_wallet(&mut lookups, program, version, pubkey, account);
-        }
+        progress.add_fetched(fetched);
         // A node wallet the scan did not return (e.g. a provider's index
         // lagging) is asked for by address before its pools are skipped.
         let missing: Vec<Pubkey> = pools
@@ -205,7 +205,7 @@ impl ChainSource {
                 .map_err(map_rpc)?;
             for (k, a) in missing.iter().zip(got) {
                 if let Some(a) = a {
-                    add_node_wallet(&mut lookups, program, version, k, &a);
+                    add_node_wallet(&mut lookups, program, version, k, a.view());
                 }
             }
         }
@@ -277,8 +277,8 @@ fn is_token_program(k: &Pubkey) -> bool {
     *k == TOKEN_PROGRAM_ID || *k == TOKEN_2022_PROGRAM_ID
 }
 
-fn owned(account: &Account, program: &Pubkey) -> Result<(), DecodeError> {
-    solana_sources::decode::check_owner(&account.owner, program)
+fn owned(owner: &Pubkey, program: &Pubkey) -> Result<(), DecodeError> {
+    solana_sources::decode::check_owner(owner, program)
 }
 
 fn add_node_wallet(
@@ -286,10 +286,10 @@ fn add_node_wallet(
     program: Program,
     version: Version,
     key: &Pubkey,
-    account: &Account,
+    account: AccountRef<'_>,
 ) {
-    match owned(account, &version.program_id())
-        .and_then(|()| lavarage::decode_node_wallet(version, &account.data))
+    match owned(&account.owner, &version.program_id())
+        .and_then(|()| lavarage::decode_node_wallet(version, account.data))
     {
         Ok(wallet) => {
             lookups.node_wallets.insert(
@@ -318,21 +318,19 @@ async fn marginfi_offers(
         .parse()
         .map_err(|e| SourceError::Permanent(format!("chain_params.group: {e}")))?;
     let filters = marginfi::bank_filters(&group_key);
-    let raw = client
-        .get_program_accounts(&marginfi::PROGRAM_ID, &filters)
+    let mut banks = Vec::new();
+    let fetched = client
+        .for_each_program_account(&marginfi::PROGRAM_ID, &filters, |pubkey, account| {
+            match marginfi::check_marginfi_owner(&account.owner)
+                .and_then(|()| marginfi::decode_bank(account.data))
+            {
+                Ok(b) => banks.push((*pubkey, b)),
+                Err(e) => skip_account(program, pubkey, "bank", &e),
+            }
+        })
         .await
         .map_err(map_rpc)?;
-    progress.add_fetched(raw.len());
-    let mut banks = Vec::with_capacity(raw.len());
-    for KeyedAccount { pubkey, account } in &raw {
-        match marginfi::check_marginfi_owner(&account.owner)
-            .and_then(|()| marginfi::decode_bank(&account.data))
-        {
-            Ok(b) => banks.push((*pubkey, b)),
-            Err(e) => skip_account(program, pubkey, "bank", &e),
-        }
-    }
-    drop(raw);
+    progress.add_fetched(fetched);
     // The group's program fees enter every borrow APR: without a readable
     // group the rates would be wrong, so the run fails instead.
     let group = match client.get_account_info(&group_key).await.map_err(map_rpc)? {

@@ -1,0 +1,642 @@
+//! A strict JSON scanner for the one hot response shape: the accounts of a
+//! `getProgramAccounts` result (and of its V2 pages).
+//!
+//! serde_json's visitor machinery cost several times the base64 decoding of
+//! the account data itself, so these responses are read by hand: keys are
+//! compared as raw bytes, strings are borrowed from the body (copied only
+//! when they hold escapes), unknown members are skipped without building
+//! anything, and the repeated `owner` is decoded once. Everything else in
+//! the module (small responses, error objects) stays on serde.
+//!
+//! Strict means what serde_json rejects is rejected here too: bad syntax,
+//! raw control characters in strings, bad escapes, duplicate fields that
+//! are read, trailing characters, nesting deeper than 128.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::AccountRef;
+use crate::pubkey::Pubkey;
+
+/// Why a body could not be read; the message names the byte offset.
+pub(super) type ScanResult<T> = Result<T, String>;
+
+/// serde_json's default recursion limit.
+const MAX_DEPTH: usize = 128;
+
+pub(super) struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Scanner { bytes, pos: 0 }
+    }
+
+    fn error(&self, what: impl std::fmt::Display) -> String {
+        format!("{what} at byte {}", self.pos)
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next significant byte, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> ScanResult<()> {
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.error(format_args!("expected `{}`", char::from(c))))
+        }
+    }
+
+    fn end(&mut self) -> ScanResult<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.error("trailing characters")),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> ScanResult<()> {
+        if self.bytes[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(self.error("expected a value"))
+        }
+    }
+
+    /// A string's raw content: borrowed from the body, or unescaped into an
+    /// owned copy when it has escapes. Bytes are not checked for UTF-8 (as
+    /// serde_json's `deserialize_bytes`): every caller checks its alphabet.
+    fn string(&mut self) -> ScanResult<Cow<'a, [u8]>> {
+        let text = self.string_unchecked()?;
+        if text.iter().any(|&c| c < 0x20) {
+            return Err(self.error("control character in string"));
+        }
+        Ok(text)
+    }
+
+    /// [`Self::string`] without the check for raw control characters, for
+    /// base64 and base58 text: their decoders reject those bytes anyway,
+    /// and the data strings are the longest in the body.
+    fn string_unchecked(&mut self) -> ScanResult<Cow<'a, [u8]>> {
+        self.string_unchecked_with(find_quote_or_backslash)
+    }
+
+    /// [`Self::string_unchecked`] for long text (account data): a SIMD
+    /// search pays for its call there.
+    fn long_string_unchecked(&mut self) -> ScanResult<Cow<'a, [u8]>> {
+        self.string_unchecked_with(|rest| memchr::memchr2(b'"', b'\\', rest))
+    }
+
+    fn string_unchecked_with(
+        &mut self,
+        find_end: impl Fn(&[u8]) -> Option<usize>,
+    ) -> ScanResult<Cow<'a, [u8]>> {
+        self.eat(b'"')?;
+        let start = self.pos;
+        let rest = &self.bytes[start..];
+        match find_end(rest) {
+            Some(n) if rest[n] == b'"' => {
+                self.pos = start + n + 1;
+                Ok(Cow::Borrowed(&rest[..n]))
+            }
+            Some(_) => self.escaped_string(start).map(Cow::Owned),
+            None => Err(self.error("unterminated string")),
+        }
+    }
+
+    /// An object key: [`Self::string`] by a plain byte loop, which beats a
+    /// word-wise search on strings this short.
+    fn key(&mut self) -> ScanResult<Cow<'a, [u8]>> {
+        self.eat(b'"')?;
+        let start = self.pos;
+        for (i, &c) in self.bytes[start..].iter().enumerate() {
+            match c {
+                b'"' => {
+                    self.pos = start + i + 1;
+                    return Ok(Cow::Borrowed(&self.bytes[start..start + i]));
+                }
+                b'\\' => return self.escaped_string(start).map(Cow::Owned),
+                c if c < 0x20 => {
+                    self.pos = start + i;
+                    return Err(self.error("control character in string"));
+                }
+                _ => {}
+            }
+        }
+        Err(self.error("unterminated string"))
+    }
+
+    fn escaped_string(&mut self, start: usize) -> ScanResult<Vec<u8>> {
+        let mut out = Vec::new();
+        self.pos = start;
+        loop {
+            let Some(&c) = self.bytes.get(self.pos) else {
+                return Err(self.error("unterminated string"));
+            };
+            self.pos += 1;
+            match c {
+                b'"' => return Ok(out),
+                b'\\' => self.escape(&mut out)?,
+                c if c < 0x20 => return Err(self.error("control character in string")),
+                c => out.push(c),
+            }
+        }
+    }
+
+    /// One escape, after its backslash.
+    fn escape(&mut self, out: &mut Vec<u8>) -> ScanResult<()> {
+        let Some(&e) = self.bytes.get(self.pos) else {
+            return Err(self.error("unterminated string"));
+        };
+        self.pos += 1;
+        let byte = match e {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let unit = self.hex4()?;
+                let code = if (0xd800..0xdc00).contains(&unit) {
+                    // A high surrogate must be followed by a low one.
+                    if !self.bytes[self.pos..].starts_with(b"\\u") {
+                        return Err(self.error("lone surrogate in escape"));
+                    }
+                    self.pos += 2;
+                    let low = self.hex4()?;
+                    if !(0xdc00..0xe000).contains(&low) {
+                        return Err(self.error("lone surrogate in escape"));
+                    }
+                    0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00)
+                } else {
+                    unit
+                };
+                let ch =
+                    char::from_u32(code).ok_or_else(|| self.error("lone surrogate in escape"))?;
+                out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+                return Ok(());
+            }
+            _ => return Err(self.error("invalid escape")),
+        };
+        out.push(byte);
+        Ok(())
+    }
+
+    fn hex4(&mut self) -> ScanResult<u32> {
+        let digits = self
+            .bytes
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.error("unterminated escape"))?;
+        let mut v = 0;
+        for &d in digits {
+            let n = char::from(d)
+                .to_digit(16)
+                .ok_or_else(|| self.error("invalid escape"))?;
+            v = v * 16 + n;
+        }
+        self.pos += 4;
+        Ok(v)
+    }
+
+    /// A non-negative integer that fits u64 (no sign, fraction or exponent,
+    /// as serde_json reads a `u64`).
+    fn u64(&mut self) -> ScanResult<u64> {
+        self.skip_ws();
+        let start = self.pos;
+        let mut v: u64 = 0;
+        while let Some(&d @ b'0'..=b'9') = self.bytes.get(self.pos) {
+            v = v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(d - b'0')))
+                .ok_or_else(|| self.error("number out of range"))?;
+            self.pos += 1;
+        }
+        let digits = self.pos - start;
+        let leading_zero = digits > 1 && self.bytes[start] == b'0';
+        let more = matches!(self.bytes.get(self.pos), Some(b'.' | b'e' | b'E'));
+        if digits == 0 || leading_zero || more {
+            return Err(self.error("expected an unsigned integer"));
+        }
+        Ok(v)
+    }
+
+    fn bool(&mut self) -> ScanResult<bool> {
+        match self.peek() {
+            Some(b't') => self.literal(b"true").map(|()| true),
+            Some(b'f') => self.literal(b"false").map(|()| false),
+            _ => Err(self.error("expected a boolean")),
+        }
+    }
+
+    /// Any JSON number, checked against the grammar.
+    fn number(&mut self) -> ScanResult<()> {
+        let digits = |s: &mut Self| {
+            let start = s.pos;
+            while let Some(b'0'..=b'9') = s.bytes.get(s.pos) {
+                s.pos += 1;
+            }
+            s.pos - start
+        };
+        if self.bytes.get(self.pos) == Some(&b'-') {
+            self.pos += 1;
+        }
+        let start = self.pos;
+        let n = digits(self);
+        if n == 0 || (n > 1 && self.bytes[start] == b'0') {
+            return Err(self.error("invalid number"));
+        }
+        if self.bytes.get(self.pos) == Some(&b'.') {
+            self.pos += 1;
+            if digits(self) == 0 {
+                return Err(self.error("invalid number"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(self.pos) {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(self.pos) {
+                self.pos += 1;
+            }
+            if digits(self) == 0 {
+                return Err(self.error("invalid number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Skips one value of any kind, checking its syntax.
+    fn skip_value(&mut self, depth: usize) -> ScanResult<()> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("nested too deep"));
+        }
+        match self.peek() {
+            Some(b'"') => self.string().map(drop),
+            Some(b'{') => self.object(|s, _| s.skip_value(depth + 1)),
+            Some(b'[') => self.array(|s| s.skip_value(depth + 1)),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(self.error("expected a value")),
+        }
+    }
+
+    /// The raw text of the next value.
+    fn raw_value(&mut self) -> ScanResult<&'a [u8]> {
+        self.skip_ws();
+        let start = self.pos;
+        self.skip_value(1)?;
+        Ok(&self.bytes[start..self.pos])
+    }
+
+    /// Reads an object, handing each member's key to `member`, which must
+    /// consume the value.
+    fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, &[u8]) -> ScanResult<()>,
+    ) -> ScanResult<()> {
+        self.eat(b'{')?;
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(self.error("expected a key"));
+            }
+            let key = self.key()?;
+            self.eat(b':')?;
+            member(self, &key)?;
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.error("expected `,` or `}`")),
+            }
+        }
+    }
+
+    /// Reads an array, `element` consuming each element.
+    fn array(&mut self, mut element: impl FnMut(&mut Self) -> ScanResult<()>) -> ScanResult<()> {
+        self.eat(b'[')?;
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            element(self)?;
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.error("expected `,` or `]`")),
+            }
+        }
+    }
+
+    /// Sets a field read at most once.
+    #[inline]
+    fn once<T>(&self, slot: &mut Option<T>, name: &str, value: T) -> ScanResult<()> {
+        if slot.is_some() {
+            return Err(self.error(format_args!("duplicate field `{name}`")));
+        }
+        *slot = Some(value);
+        Ok(())
+    }
+}
+
+/// Where the first `"` or `\\` of `bytes` is, eight bytes at a time: strings
+/// are mostly short keys, where a call into a SIMD search costs more than
+/// it saves.
+fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_byte = |word: u64, byte: u8| {
+        let x = word ^ (ONES * u64::from(byte));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let found = has_byte(word, b'"') | has_byte(word, b'\\');
+        if found != 0 {
+            // The lowest flagged byte is a true match (false flags only
+            // appear above one).
+            return Some(at + found.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|i| at + i)
+}
+
+/// A response envelope: the result as `result` read it, and the raw JSON of
+/// `error` (rare, so left to serde).
+pub(super) struct Envelope<'a, T> {
+    pub result: Option<T>,
+    pub error: Option<&'a [u8]>,
+}
+
+/// Reads a whole body; `result` reads the `result` member (`None` for null).
+pub(super) fn envelope<'a, T>(
+    body: &'a [u8],
+    mut result: impl FnMut(&mut Scanner<'a>) -> ScanResult<Option<T>>,
+) -> ScanResult<Envelope<'a, T>> {
+    let mut s = Scanner::new(body);
+    let mut read = None;
+    let mut error = None;
+    s.object(|s, key| match key {
+        b"result" => {
+            let value = result(s)?;
+            s.once(&mut read, "result", value)
+        }
+        b"error" => {
+            let raw = s.raw_value()?;
+            s.once(&mut error, "error", raw)
+        }
+        _ => s.skip_value(1),
+    })?;
+    s.end()?;
+    Ok(Envelope {
+        result: read.flatten(),
+        error,
+    })
+}
+
+/// Visits accounts and decodes their data into one reused buffer.
+pub(super) struct AccountReader<'v, F> {
+    pub visit: &'v mut F,
+    /// Decoded data of the account being visited, reused for the next.
+    pub data: &'v mut Vec<u8>,
+    /// The last `owner` text and its key: all accounts of a program scan
+    /// share one owner, so it is decoded once.
+    pub owner: &'v mut Option<(Vec<u8>, Pubkey)>,
+}
+
+impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
+    /// A `getProgramAccounts` result: an array of keyed accounts, or
+    /// `{context, value}`; `None` for null. Yields the account count.
+    pub fn accounts(&mut self, s: &mut Scanner<'_>) -> ScanResult<Option<usize>> {
+        match s.peek() {
+            Some(b'n') => s.literal(b"null").map(|()| None),
+            Some(b'[') => self.account_array(s).map(Some),
+            Some(b'{') => {
+                let mut count = None;
+                s.object(|s, key| match key {
+                    b"value" => {
+                        if s.peek() != Some(b'[') {
+                            return Err(s.error("expected an array of keyed accounts"));
+                        }
+                        let n = self.account_array(s)?;
+                        s.once(&mut count, "value", n)
+                    }
+                    _ => s.skip_value(1),
+                })?;
+                count
+                    .map(Some)
+                    .ok_or_else(|| s.error("missing field `value`"))
+            }
+            _ => Err(s.error("expected an array of keyed accounts or {context, value}")),
+        }
+    }
+
+    /// A `getProgramAccountsV2` page, `{accounts, paginationKey}`; `None`
+    /// for null. Yields the page's account count and the next key.
+    pub fn v2_page(&mut self, s: &mut Scanner<'_>) -> ScanResult<Option<(usize, Option<String>)>> {
+        if s.peek() == Some(b'n') {
+            return s.literal(b"null").map(|()| None);
+        }
+        let mut count = None;
+        let mut next = None;
+        s.object(|s, key| match key {
+            b"accounts" => {
+                let n = self
+                    .accounts(s)?
+                    .ok_or_else(|| s.error("expected an array of keyed accounts"))?;
+                s.once(&mut count, "accounts", n)
+            }
+            b"paginationKey" => {
+                let key = match s.peek() {
+                    Some(b'n') => s.literal(b"null").map(|()| None)?,
+                    _ => Some(
+                        String::from_utf8(s.string()?.into_owned())
+                            .map_err(|_| s.error("pagination key is not UTF-8"))?,
+                    ),
+                };
+                s.once(&mut next, "paginationKey", key)
+            }
+            _ => s.skip_value(1),
+        })?;
+        let count = count.ok_or_else(|| s.error("missing field `accounts`"))?;
+        Ok(Some((count, next.flatten())))
+    }
+
+    fn account_array(&mut self, s: &mut Scanner<'_>) -> ScanResult<usize> {
+        let mut count = 0;
+        s.array(|s| {
+            self.keyed_account(s)?;
+            count += 1;
+            Ok(())
+        })?;
+        Ok(count)
+    }
+
+    /// `{pubkey, account: {lamports, owner, data, executable}}`, visited
+    /// once both halves are read (in either order).
+    fn keyed_account(&mut self, s: &mut Scanner<'_>) -> ScanResult<()> {
+        let mut pubkey = None;
+        let mut account = None;
+        s.object(|s, key| match key {
+            b"pubkey" => {
+                let text = s.string_unchecked()?;
+                let key = Pubkey::from_base58(&text).map_err(|e| s.error(e))?;
+                s.once(&mut pubkey, "pubkey", key)
+            }
+            b"account" => {
+                let fields = self.account(s)?;
+                s.once(&mut account, "account", fields)
+            }
+            _ => s.skip_value(1),
+        })?;
+        let pubkey = pubkey.ok_or_else(|| s.error("missing field `pubkey`"))?;
+        let (lamports, owner, executable) =
+            account.ok_or_else(|| s.error("missing field `account`"))?;
+        (self.visit)(
+            &pubkey,
+            AccountRef {
+                lamports,
+                owner,
+                data: self.data,
+                executable,
+            },
+        );
+        Ok(())
+    }
+
+    /// An account's fields; its data goes to the shared buffer.
+    fn account(&mut self, s: &mut Scanner<'_>) -> ScanResult<(u64, Pubkey, bool)> {
+        let mut lamports = None;
+        let mut owner = None;
+        let mut data = None;
+        let mut executable = None;
+        s.object(|s, key| match key {
+            b"lamports" => {
+                let v = s.u64()?;
+                s.once(&mut lamports, "lamports", v)
+            }
+            b"owner" => {
+                let text = s.string_unchecked()?;
+                let key = match &*self.owner {
+                    Some((cached, key)) if **cached == *text => *key,
+                    _ => {
+                        let key = Pubkey::from_base58(&text).map_err(|e| s.error(e))?;
+                        *self.owner = Some((text.into_owned(), key));
+                        key
+                    }
+                };
+                s.once(&mut owner, "owner", key)
+            }
+            b"data" => {
+                s.once(&mut data, "data", ())?;
+                self.base64_data(s)
+            }
+            b"executable" => {
+                let v = s.bool()?;
+                s.once(&mut executable, "executable", v)
+            }
+            _ => s.skip_value(1),
+        })?;
+        let lamports = lamports.ok_or_else(|| s.error("missing field `lamports`"))?;
+        let owner = owner.ok_or_else(|| s.error("missing field `owner`"))?;
+        data.ok_or_else(|| s.error("missing field `data`"))?;
+        Ok((lamports, owner, executable.unwrap_or(false)))
+    }
+
+    /// `["<base64>", "base64"]`, decoded into the shared buffer.
+    fn base64_data(&mut self, s: &mut Scanner<'_>) -> ScanResult<()> {
+        s.eat(b'[')?;
+        let text = s.long_string_unchecked()?;
+        s.eat(b',')?;
+        let encoding = s.string_unchecked()?;
+        s.eat(b']')?;
+        if *encoding != *b"base64" {
+            return Err(s.error(format_args!(
+                "account data encoding {:?}, expected base64",
+                String::from_utf8_lossy(&encoding)
+            )));
+        }
+        self.data.clear();
+        BASE64
+            .decode_vec(&*text, self.data)
+            .map_err(|e| s.error(format_args!("bad base64 account data: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn word_search_finds_the_first_quote_or_backslash(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![proptest::prelude::any::<u8>(), proptest::strategy::Just(b'"'), proptest::strategy::Just(b'\\')],
+                0..40,
+            )
+        ) {
+            proptest::prop_assert_eq!(
+                find_quote_or_backslash(&bytes),
+                bytes.iter().position(|&c| c == b'"' || c == b'\\')
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_and_literals_follow_the_grammar() {
+        for (text, ok) in [
+            ("0", true),
+            ("-0.5e+10", true),
+            ("18446744073709551615", true),
+            ("1E3", true),
+            ("01", false),
+            ("-", false),
+            ("1.", false),
+            ("1e", false),
+            (".5", false),
+        ] {
+            let mut s = Scanner::new(text.as_bytes());
+            let read = s.skip_value(1).and_then(|()| s.end());
+            assert_eq!(read.is_ok(), ok, "{text}");
+        }
+        assert_eq!(Scanner::new(b"18446744073709551615").u64(), Ok(u64::MAX));
+        assert!(Scanner::new(b"18446744073709551616").u64().is_err());
+        assert!(Scanner::new(b"-1").u64().is_err());
+        assert!(Scanner::new(b"nul").skip_value(1).is_err());
+    }
+}
