@@ -12,10 +12,13 @@
 //! Env: `CHANGE_STREAM_BENCH=stall|fanout|bound` (default: all),
 //! `STALL_ROUNDS` (5), `STALL_SECS` (3), `FANOUT_SUBSCRIBERS` (1000),
 //! `FANOUT_RUNS` (5), `FANOUT_H2=default` (hyper's client windows and
-//! 16 KiB frames instead of the tuned ones).
+//! 16 KiB frames instead of the tuned ones), `FANOUT_CLIENT=slice` (the
+//! fan-out subscribers decode each message from its contiguous bytes, as
+//! the bound does, instead of through tonic's `DecodeBuf`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use bytes::Buf as _;
 use offer_domain::{MarginOffer, OverwriteRequest, Revision, WriteContext};
 use offer_proto::convert as cv;
 use offer_proto::pb;
@@ -29,6 +32,8 @@ use std::time::{Duration, Instant};
 use store_client::GrpcStore;
 use store_service::ServiceConfig;
 use tonic::Streaming;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -86,14 +91,74 @@ async fn channel(addr: &str) -> Channel {
     e.connect().await.unwrap()
 }
 
+/// prost encoding for the request; decoding straight from the message's
+/// contiguous bytes (tonic hands a decoder one whole message in one
+/// buffer) rather than field by field through `DecodeBuf`.
+struct SliceCodec;
+struct RequestEncoder;
+struct SliceDecoder;
+
+impl Encoder for RequestEncoder {
+    type Item = pb::SubscribeMarginOffersRequest;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for SliceDecoder {
+    type Item = pb::SubscribeMarginOffersResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        let len = buf.remaining();
+        let msg = if buf.chunk().len() >= len {
+            let m = pb::SubscribeMarginOffersResponse::decode(&buf.chunk()[..len]);
+            buf.advance(len);
+            m
+        } else {
+            pb::SubscribeMarginOffersResponse::decode(buf.copy_to_bytes(len))
+        };
+        msg.map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Codec for SliceCodec {
+    type Encode = pb::SubscribeMarginOffersRequest;
+    type Decode = pb::SubscribeMarginOffersResponse;
+    type Encoder = RequestEncoder;
+    type Decoder = SliceDecoder;
+    fn encoder(&mut self) -> RequestEncoder {
+        RequestEncoder
+    }
+    fn decoder(&mut self) -> SliceDecoder {
+        SliceDecoder
+    }
+}
+
 /// Subscribes to everything and reads the `subscription_established` marker.
 async fn subscribe(ch: &Channel) -> Streaming<pb::SubscribeMarginOffersResponse> {
-    let mut s = MarginOfferServiceClient::new(ch.clone())
-        .max_decoding_message_size(64 << 20)
-        .subscribe_margin_offers(pb::SubscribeMarginOffersRequest::default())
+    let req = pb::SubscribeMarginOffersRequest::default();
+    let mut s = if std::env::var("FANOUT_CLIENT").as_deref() == Ok("slice") {
+        let mut grpc = tonic::client::Grpc::new(ch.clone()).max_decoding_message_size(64 << 20);
+        grpc.ready().await.unwrap();
+        grpc.server_streaming(
+            tonic::Request::new(req),
+            PathAndQuery::from_static("/marginoffer.v1.MarginOfferService/SubscribeMarginOffers"),
+            SliceCodec,
+        )
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+    } else {
+        MarginOfferServiceClient::new(ch.clone())
+            .max_decoding_message_size(64 << 20)
+            .subscribe_margin_offers(req)
+            .await
+            .unwrap()
+            .into_inner()
+    };
     let m = s.message().await.unwrap().unwrap();
     assert!(matches!(m.event, Some(Event::Change(c)) if c.change_type == 0));
     s
@@ -345,11 +410,16 @@ async fn fan_out(subscribers: usize, offers: usize, runs: usize) {
     let p99 = lasts[((lasts.len() * 99).div_ceil(100)).saturating_sub(1)];
     println!(
         "fan-out ({subscribers} subscribers, {offers}-offer overwrite, {runs} runs, h2 {}): \
-         median {:?}, p99 {p99:?}, 0 lost, 0 duplicated; median CPU {:.2} s",
+         client {}: median {:?}, p99 {p99:?}, 0 lost, 0 duplicated; median CPU {:.2} s",
         if std::env::var("FANOUT_H2").as_deref() == Ok("default") {
             "default"
         } else {
             "tuned"
+        },
+        if std::env::var("FANOUT_CLIENT").as_deref() == Ok("slice") {
+            "slice decoder"
+        } else {
+            "generated"
         },
         lasts[lasts.len() / 2],
         median(&mut cpus)
