@@ -10,7 +10,7 @@
 //!
 //! `cargo bench -p store-service --bench change_stream`
 //! Env: `CHANGE_STREAM_BENCH=stall|fanout|bound` (default: all),
-//! `STALL_ROUNDS` (5), `STALL_SECS` (3), `FANOUT_SUBSCRIBERS` (1000),
+//! `STALL_ROUNDS` (5), `STALL_SECS` (5), `FANOUT_SUBSCRIBERS` (1000),
 //! `FANOUT_RUNS` (5), `FANOUT_H2=default` (hyper's client windows and
 //! 16 KiB frames instead of the tuned ones), `FANOUT_CLIENT=slice` (the
 //! fan-out subscribers decode each message from its contiguous bytes, as
@@ -77,10 +77,10 @@ async fn serve(store: SharedStore) -> String {
     addr
 }
 
-/// A subscriber's connection. Tuned: large receive windows, so one
+/// A fan-out subscriber's connection. Tuned: large receive windows, so one
 /// subscriber's burst is not paced by WINDOW_UPDATE round trips, and 1 MiB
 /// frames, so the server writes fewer, larger DATA frames.
-async fn channel(addr: &str) -> Channel {
+async fn fan_out_channel(addr: &str) -> Channel {
     let mut e = Endpoint::from_shared(format!("http://{addr}")).unwrap();
     if std::env::var("FANOUT_H2").as_deref() != Ok("default") {
         e = e
@@ -89,6 +89,16 @@ async fn channel(addr: &str) -> Channel {
             .max_frame_size(1 << 20);
     }
     e.connect().await.unwrap()
+}
+
+/// A connection with the client's default HTTP/2 settings (2 MiB stream
+/// window): what a stalled subscriber can have buffered in transit.
+async fn plain_channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 /// prost encoding for the request; decoding straight from the message's
@@ -180,7 +190,11 @@ async fn write_for(addr: &str, secs: u64, round: usize) -> u64 {
                     let mut o = MarginOffer::example(format!("t{w}-{}", n % 500));
                     // Distinct in every round, so no write is a no-op.
                     o.available_borrow_amount = 1.0 + n as f64 + round as f64 * 1e9;
-                    o.liquidity_source = "x".repeat(200);
+                    // ~1 KiB per change, so a stalled subscriber's transport
+                    // buffers fill within a round.
+                    o.liquidity_source = "x".repeat(250);
+                    o.lender_address = Some("y".repeat(250));
+                    o.source = Some("z".repeat(250));
                     c.create_or_update(o, &ctx).await.unwrap();
                     n += 1;
                 }
@@ -241,14 +255,14 @@ async fn drain_stalled(mut s: Streaming<pb::SubscribeMarginOffersResponse>) -> (
 /// One round: writes/s with an attentive subscriber, plus a stalled one if
 /// `stall`; the attentive one must have received every change.
 async fn stall_round(addr: &str, store: &SharedStore, secs: u64, round: usize, stall: bool) -> f64 {
-    let attentive_ch = channel(addr).await;
+    let attentive_ch = plain_channel(addr).await;
     let r0 = store.revision().await.unwrap();
     let (until_tx, until_rx) = tokio::sync::watch::channel(None);
     let attentive = tokio::spawn(read_all(subscribe(&attentive_ch).await, until_rx));
     // Its own connection: a stalled stream may fill its connection's
     // window, which is the client's business, not the writers'.
     let stalled = if stall {
-        let ch = channel(addr).await;
+        let ch = plain_channel(addr).await;
         Some((subscribe(&ch).await, ch))
     } else {
         None
@@ -275,7 +289,7 @@ async fn stall_round(addr: &str, store: &SharedStore, secs: u64, round: usize, s
 
 async fn stall() {
     let rounds = env_or("STALL_ROUNDS", 5);
-    let secs = env_or("STALL_SECS", 3);
+    let secs = env_or("STALL_SECS", 5);
     // A small retained log, so the stalled subscriber falls out of it
     // within a round and must get LAGGED.
     let store: SharedStore = Arc::new(
@@ -361,7 +375,7 @@ async fn fan_out(subscribers: usize, offers: usize, runs: usize) {
     let addr = serve(store.clone()).await;
     let mut chans = Vec::new();
     for _ in 0..subscribers.div_ceil(50) {
-        chans.push(channel(&addr).await);
+        chans.push(fan_out_channel(&addr).await);
     }
     let (mut lasts, mut cpus) = (Vec::new(), Vec::new());
     for run in 0..runs {
