@@ -11,8 +11,9 @@
 //! `cargo bench -p store-service --bench change_stream`
 //! Env: `CHANGE_STREAM_BENCH=stall|fanout|bound` (default: all),
 //! `STALL_ROUNDS` (5), `STALL_SECS` (5), `FANOUT_SUBSCRIBERS` (1000),
-//! `FANOUT_RUNS` (5), `FANOUT_H2=default` (hyper's client windows and
-//! 16 KiB frames instead of the tuned ones), `FANOUT_CLIENT=slice` (the
+//! `FANOUT_RUNS` (5), `FANOUT_H2=tuned` (64 MiB connection and 8 MiB
+//! stream windows, 1 MiB frames, instead of the client's defaults; it
+//! measured no gain), `FANOUT_CLIENT=slice` (the
 //! fan-out subscribers decode each message from its contiguous bytes, as
 //! the bound does, instead of through tonic's `DecodeBuf`).
 
@@ -82,7 +83,7 @@ async fn serve(store: SharedStore) -> String {
 /// frames, so the server writes fewer, larger DATA frames.
 async fn fan_out_channel(addr: &str) -> Channel {
     let mut e = Endpoint::from_shared(format!("http://{addr}")).unwrap();
-    if std::env::var("FANOUT_H2").as_deref() != Ok("default") {
+    if std::env::var("FANOUT_H2").as_deref() == Ok("tuned") {
         e = e
             .initial_connection_window_size(64 << 20)
             .initial_stream_window_size(8 << 20)
@@ -253,8 +254,16 @@ async fn drain_stalled(mut s: Streaming<pb::SubscribeMarginOffersResponse>) -> (
 }
 
 /// One round: writes/s with an attentive subscriber, plus a stalled one if
-/// `stall`; the attentive one must have received every change.
-async fn stall_round(addr: &str, store: &SharedStore, secs: u64, round: usize, stall: bool) -> f64 {
+/// `stall`, and the process's CPU milliseconds per write (server, writers
+/// and subscriber together); the attentive one must have received every
+/// change.
+async fn stall_round(
+    addr: &str,
+    store: &SharedStore,
+    secs: u64,
+    round: usize,
+    stall: bool,
+) -> (f64, f64) {
     let attentive_ch = plain_channel(addr).await;
     let r0 = store.revision().await.unwrap();
     let (until_tx, until_rx) = tokio::sync::watch::channel(None);
@@ -267,10 +276,12 @@ async fn stall_round(addr: &str, store: &SharedStore, secs: u64, round: usize, s
     } else {
         None
     };
+    let cpu0 = cpu_seconds();
     let writes = write_for(addr, secs, round).await;
     let head = store.revision().await.unwrap();
     until_tx.send_replace(Some(head));
     let got = attentive.await.unwrap();
+    let cpu_ms_per_write = (cpu_seconds() - cpu0) * 1e3 / writes as f64;
     assert_eq!(
         got,
         (head - r0) as u64,
@@ -284,7 +295,7 @@ async fn stall_round(addr: &str, store: &SharedStore, secs: u64, round: usize, s
             if lagged { "fatal LAGGED" } else { "NO LAGGED" }
         );
     }
-    writes as f64 / secs as f64
+    (writes as f64 / secs as f64, cpu_ms_per_write)
 }
 
 async fn stall() {
@@ -297,28 +308,37 @@ async fn stall() {
     );
     let addr = serve(store.clone()).await;
     let (mut base, mut stalled) = (Vec::new(), Vec::new());
+    let (mut base_cpu, mut stalled_cpu) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         // Alternating order, so drift in the machine's load hits both alike.
         let first_stalled = round % 2 == 1;
         for stall in [first_stalled, !first_stalled] {
-            let w = stall_round(&addr, &store, secs, round, stall).await;
+            let (w, cpu) = stall_round(&addr, &store, secs, round, stall).await;
             println!(
-                "stall round {round}: {w:.0} writes/s {}",
+                "stall round {round}: {w:.0} writes/s, {cpu:.3} CPU ms per write {}",
                 if stall {
                     "with a stalled subscriber"
                 } else {
                     "(baseline)"
                 }
             );
-            if stall { &mut stalled } else { &mut base }.push(w);
+            if stall {
+                stalled.push(w);
+                stalled_cpu.push(cpu);
+            } else {
+                base.push(w);
+                base_cpu.push(cpu);
+            }
         }
     }
     let (b, s) = (median(&mut base), median(&mut stalled));
     println!(
         "stall: 4 gRPC writers, memory store, {rounds} alternating rounds of {secs} s: \
          median {b:.0} writes/s with one attentive subscriber, {s:.0} with it and a \
-         stalled one (ratio {:.3}; target >= 0.90)",
-        s / b
+         stalled one (ratio {:.3}; target >= 0.90); CPU per write {:.3} ms against {:.3} ms",
+        s / b,
+        median(&mut stalled_cpu),
+        median(&mut base_cpu),
     );
 }
 
@@ -425,10 +445,10 @@ async fn fan_out(subscribers: usize, offers: usize, runs: usize) {
     println!(
         "fan-out ({subscribers} subscribers, {offers}-offer overwrite, {runs} runs, h2 {}): \
          client {}: median {:?}, p99 {p99:?}, 0 lost, 0 duplicated; median CPU {:.2} s",
-        if std::env::var("FANOUT_H2").as_deref() == Ok("default") {
-            "default"
-        } else {
+        if std::env::var("FANOUT_H2").as_deref() == Ok("tuned") {
             "tuned"
+        } else {
+            "default"
         },
         if std::env::var("FANOUT_CLIENT").as_deref() == Ok("slice") {
             "slice decoder"
