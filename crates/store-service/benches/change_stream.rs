@@ -10,7 +10,7 @@
 //!
 //! `cargo bench -p store-service --bench change_stream`
 //! Env: `CHANGE_STREAM_BENCH=stall|fanout|bound` (default: all),
-//! `STALL_ROUNDS` (5), `STALL_SECS` (5), `FANOUT_SUBSCRIBERS` (1000),
+//! `STALL_ROUNDS` (9), `STALL_SECS` (4), `FANOUT_SUBSCRIBERS` (1000),
 //! `FANOUT_RUNS` (5), `FANOUT_H2=tuned` (64 MiB connection and 8 MiB
 //! stream windows, 1 MiB frames, instead of the client's defaults; it
 //! measured no gain), `FANOUT_CLIENT=slice` (the
@@ -299,8 +299,8 @@ async fn stall_round(
 }
 
 async fn stall() {
-    let rounds = env_or("STALL_ROUNDS", 5);
-    let secs = env_or("STALL_SECS", 5);
+    let rounds = env_or("STALL_ROUNDS", 9);
+    let secs = env_or("STALL_SECS", 4);
     // A small retained log, so the stalled subscriber falls out of it
     // within a round and must get LAGGED.
     let store: SharedStore = Arc::new(
