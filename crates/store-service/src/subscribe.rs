@@ -3,9 +3,11 @@
 //! **Hub.** One tail task per store follows the change log
 //! (`changes_since`), woken by the store's commit notification
 //! (`subscribe_commits`) or, for backends without one, by polling. It
-//! converts each batch to wire messages once and publishes it, `Arc`-shared,
-//! into a bounded broadcast ring: fan-out costs no store reads and no
-//! re-conversion per subscriber, and publishing never waits on anyone.
+//! converts each batch once into gRPC frames in one shared buffer and
+//! publishes it, `Arc`-shared, into a bounded broadcast ring: fan-out costs
+//! no store reads, no re-encoding and no copy per subscriber (it sends
+//! slices of that buffer, see `raw.rs`), and publishing never waits on
+//! anyone.
 //!
 //! **Subscriber.** Each subscription joins the ring *before* reading its
 //! start point, then replays from the store every change after it, then
@@ -26,15 +28,15 @@
 //! change up to here has been sent to you", so a client may resume from it.
 
 use crate::ServiceConfig;
-use crate::raw::Encoded;
+use crate::raw::{Frames, frame, put_frame};
 use crate::service::{MarginOfferGrpc, store_err};
+use bytes::BytesMut;
 use futures::Stream;
 use offer_domain::{Change, ChangeType, Revision, StoreError, Timestamp};
 use offer_proto::convert as cv;
 use offer_proto::pb;
 use offer_proto::pb::subscribe_margin_offers_response::Event;
 use offer_store::SharedStore;
-use prost::Message as _;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,9 +57,11 @@ pub type SubscriptionStream =
 const PAGE: usize = 1000;
 /// Batches buffered per subscriber before its task waits for it.
 const BUFFER: usize = 4;
-/// Most messages per batch handed to the response stream: one channel
-/// hand-off per batch instead of per message, with bounded memory.
+/// A batch handed to the response stream holds at most this many slices...
 const CHUNK: usize = 512;
+/// ...or about this many bytes: one channel hand-off per batch instead of
+/// per message, with bounded memory per subscriber.
+const CHUNK_BYTES: usize = 256 * 1024;
 /// Most ring items a subscriber takes per wake-up before flushing.
 const DRAIN: usize = 64;
 /// Even with commit notifications, the tail re-reads the log this often, so
@@ -66,23 +70,35 @@ const DRAIN: usize = 64;
 const SAFETY_POLL: Duration = Duration::from_secs(1);
 
 /// One published slice of the change log: every change with a revision in
-/// `(after, revision]`, in log order.
+/// `(after, revision]`, in log order, each encoded once as a gRPC frame;
+/// the frames lie back to back in `frames`, in the same order.
 struct Published {
     after: Revision,
     revision: Revision,
     changes: Vec<SharedChange>,
+    frames: Frames,
 }
 
-/// A change and its encoded response message, encoded once for every
-/// subscriber.
+/// A change and where its frame lies in [`Published::frames`].
 struct SharedChange {
     change: Change,
-    wire: Encoded,
+    start: usize,
+    end: usize,
 }
 
-/// The encoded `SubscribeMarginOffersResponse` carrying `event`.
-fn encode(event: Event) -> Encoded {
-    Encoded::from(pb::SubscribeMarginOffersResponse { event: Some(event) }.encode_to_vec())
+/// `event` as one framed `SubscribeMarginOffersResponse`.
+fn framed(event: Event) -> Frames {
+    frame(&pb::SubscribeMarginOffersResponse { event: Some(event) })
+}
+
+/// Appends `change` to `buf` as one frame; returns its byte range.
+fn put_change(buf: &mut BytesMut, change: Change) -> std::ops::Range<usize> {
+    put_frame(
+        buf,
+        &pb::SubscribeMarginOffersResponse {
+            event: Some(Event::Change(cv::change_to_pb(change))),
+        },
+    )
 }
 
 /// The fan-out point of one store's change log.
@@ -216,12 +232,17 @@ async fn publish_new(hub: &Hub, last: &mut Option<Revision>) {
         };
         // Batches keep revisions whole, so a short one is not proof of the end.
         let more = revision < batch.head;
+        let mut frames = BytesMut::new();
         let changes = batch
             .changes
             .into_iter()
-            .map(|change| SharedChange {
-                wire: encode(Event::Change(cv::change_to_pb(change.clone()))),
-                change,
+            .map(|change| {
+                let at = put_change(&mut frames, change.clone());
+                SharedChange {
+                    change,
+                    start: at.start,
+                    end: at.end,
+                }
             })
             .collect();
         // No receivers is fine: the next subscriber replays from the store.
@@ -229,6 +250,7 @@ async fn publish_new(hub: &Hub, last: &mut Option<Revision>) {
             after,
             revision,
             changes,
+            frames: frames.freeze(),
         }));
         after = revision;
         if !more {
@@ -306,27 +328,25 @@ pub(crate) async fn start(
 ) -> Result<SubscriptionStream, Status> {
     use futures::StreamExt as _;
     let s = start_encoded(svc, req).await?;
-    Ok(Box::pin(s.map(|item| {
-        item.and_then(|b| {
-            pb::SubscribeMarginOffersResponse::decode(b)
-                .map_err(|e| Status::internal(format!("re-decoding a change: {e}")))
-        })
+    Ok(Box::pin(s.flat_map(|frames| {
+        futures::stream::iter(crate::raw::decode_frames(frames))
     })))
 }
 
-/// The response stream: batches from the subscriber task, one message at a time.
+/// The response stream: batches of frames from the subscriber task, one
+/// buffer (often many messages) at a time.
 pub struct EncodedStream {
-    rx: mpsc::Receiver<Vec<Encoded>>,
-    batch: std::vec::IntoIter<Encoded>,
+    rx: mpsc::Receiver<Vec<Frames>>,
+    batch: std::vec::IntoIter<Frames>,
 }
 
 impl Stream for EncodedStream {
-    type Item = Result<Encoded, Status>;
+    type Item = Frames;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             if let Some(b) = self.batch.next() {
-                return Poll::Ready(Some(Ok(b)));
+                return Poll::Ready(Some(b));
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => self.batch = batch.into_iter(),
@@ -369,6 +389,7 @@ pub(crate) async fn start_encoded(
         session_id: req.session_id,
         tx,
         out: Vec::new(),
+        out_bytes: 0,
         last: start,
         heartbeat: svc.cfg.heartbeat_interval.max(Duration::from_millis(10)),
         retry_every: svc.cfg.subscription_poll_interval,
@@ -386,9 +407,11 @@ struct Subscriber {
     filter: Filter,
     client_id: String,
     session_id: String,
-    tx: mpsc::Sender<Vec<Encoded>>,
-    /// Messages not yet handed to the response stream (see `flush`).
-    out: Vec<Encoded>,
+    tx: mpsc::Sender<Vec<Frames>>,
+    /// Frames not yet handed to the response stream (see `flush`), and
+    /// their size.
+    out: Vec<Frames>,
+    out_bytes: usize,
     /// Every change up to this revision has been handled (sent or filtered out).
     last: Revision,
     heartbeat: Duration,
@@ -465,14 +488,18 @@ impl Subscriber {
 
     /// Sends one message now (markers, heartbeats, errors).
     async fn send(&mut self, event: Event) -> Result<(), Gone> {
-        self.push(encode(event)).await?;
+        self.push(framed(event)).await?;
         self.flush().await
     }
 
-    /// Queues one message, handing a full batch over.
-    async fn push(&mut self, msg: Encoded) -> Result<(), Gone> {
-        self.out.push(msg);
-        if self.out.len() >= CHUNK {
+    /// Queues frames, handing a full batch over.
+    async fn push(&mut self, frames: Frames) -> Result<(), Gone> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.out_bytes += frames.len();
+        self.out.push(frames);
+        if self.out.len() >= CHUNK || self.out_bytes >= CHUNK_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -482,7 +509,8 @@ impl Subscriber {
         if self.out.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.out, Vec::with_capacity(CHUNK));
+        let batch = std::mem::take(&mut self.out);
+        self.out_bytes = 0;
         self.tx.send(batch).await.map_err(|_| Gone)
     }
 
@@ -552,10 +580,24 @@ impl Subscriber {
         if p.after > self.last {
             return self.replay().await;
         }
+        // Adjacent matching frames go out as one slice of the shared
+        // buffer: the whole batch, for a subscriber without filters.
+        let mut run: Option<(usize, usize)> = None;
         for sc in &p.changes {
             if sc.change.revision > self.last && self.filter.matches(&sc.change) {
-                self.push(sc.wire.clone()).await?;
+                run = match run {
+                    Some((start, end)) if end == sc.start => Some((start, sc.end)),
+                    other => {
+                        if let Some((start, end)) = other {
+                            self.push(p.frames.slice(start..end)).await?;
+                        }
+                        Some((sc.start, sc.end))
+                    }
+                };
             }
+        }
+        if let Some((start, end)) = run {
+            self.push(p.frames.slice(start..end)).await?;
         }
         self.last = p.revision;
         Ok(())
@@ -598,12 +640,13 @@ impl Subscriber {
             // Every change of the batch is after `last` (it was read after
             // it); `last` moves only once the whole batch is out.
             let end = batch.changes.last().map_or(self.last, |c| c.revision);
+            let mut frames = BytesMut::new();
             for c in batch.changes {
                 if self.filter.matches(&c) {
-                    self.push(encode(Event::Change(cv::change_to_pb(c))))
-                        .await?;
+                    put_change(&mut frames, c);
                 }
             }
+            self.push(frames.freeze()).await?;
             self.last = self.last.max(end);
             if caught_up {
                 // Everything up to the head it was read at has been handled.
