@@ -3,7 +3,7 @@
 use crate::{
     CHANGE_SOURCE_HEADER, OPERATION_ID_HEADER, REVISION_HEADER, ServiceConfig, VALIDATE_ALL_HEADER,
 };
-use offer_domain::validate::{validate_id, validate_offer};
+use offer_domain::validate::validate_id;
 use offer_domain::{
     BulkCreateOptions, BulkDeleteOptions, BulkError, BulkOutcome, BulkUpdateOptions,
     BulkUpsertOptions, FieldError, OverwriteOutcome, OverwriteRequest, StoreError, Timestamp,
@@ -147,10 +147,6 @@ fn convert_items<T>(
     Err(errors)
 }
 
-fn check_offer(o: &offer_domain::MarginOffer) -> Result<(), FieldError> {
-    validate_offer(o.clone()).map(drop)
-}
-
 impl MarginOfferGrpc {
     fn check_bulk_size(&self, n: usize) -> Result<(), Status> {
         if n > self.cfg.max_bulk_items {
@@ -183,7 +179,7 @@ impl MarginOfferGrpc {
         ctx: WriteContext,
     ) -> Result<pb::BulkOverwriteResponse, Status> {
         let filter = cv::opt_overwrite_filter_from_pb(filter).map_err(field_err)?;
-        let offers = match convert_items(offers, validate_all, cv::offer_from_pb, check_offer) {
+        let offers = match cv::bulk_offers_from_pb(offers, validate_all) {
             Ok(o) => o,
             Err(errors) => {
                 return Ok(cv::overwrite_outcome_to_pb(OverwriteOutcome {
@@ -317,11 +313,10 @@ impl MarginOfferService for MarginOfferGrpc {
             let r = request.into_inner();
             self.check_bulk_size(r.offers.len())?;
             let n = r.offers.len();
-            let offers =
-                match convert_items(r.offers, r.validate_all, cv::offer_from_pb, check_offer) {
-                    Ok(o) => o,
-                    Err(errors) => return Ok(Response::new(self.failed_bulk(n, errors).await)),
-                };
+            let offers = match cv::bulk_offers_from_pb(r.offers, r.validate_all) {
+                Ok(o) => o,
+                Err(errors) => return Ok(Response::new(self.failed_bulk(n, errors).await)),
+            };
             let opts = BulkCreateOptions {
                 ignore_conflicts: r.ignore_conflicts,
                 validate_all: r.validate_all,
@@ -400,11 +395,10 @@ impl MarginOfferService for MarginOfferGrpc {
             let r = request.into_inner();
             self.check_bulk_size(r.offers.len())?;
             let n = r.offers.len();
-            let offers =
-                match convert_items(r.offers, r.validate_all, cv::offer_from_pb, check_offer) {
-                    Ok(o) => o,
-                    Err(errors) => return Ok(Response::new(self.failed_bulk(n, errors).await)),
-                };
+            let offers = match cv::bulk_offers_from_pb(r.offers, r.validate_all) {
+                Ok(o) => o,
+                Err(errors) => return Ok(Response::new(self.failed_bulk(n, errors).await)),
+            };
             let opts = BulkUpsertOptions {
                 validate_all: r.validate_all,
             };
