@@ -63,6 +63,19 @@ pub struct Cli {
     #[arg(long, env = "STORE_HEARTBEAT", default_value = "30s", value_parser = parse_heartbeat)]
     pub heartbeat: std::time::Duration,
 
+    /// The fewest changes the change log keeps for resuming subscribers
+    /// (`start_revision`); older ones are pruned unless younger than
+    /// `--change-log-min-age`. An older resume point gets OUT_OF_RANGE.
+    #[arg(long, env = "STORE_CHANGE_LOG_RETENTION", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub change_log_retention: u64,
+
+    /// Changes younger than this stay in the change log whatever their
+    /// number, e.g. `24h`; `0` lets `--change-log-retention` alone decide.
+    #[arg(long, env = "STORE_CHANGE_LOG_MIN_AGE", default_value = "24h",
+          value_parser = parse_age)]
+    pub change_log_min_age: std::time::Duration,
+
     /// Most concurrent subscriptions; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "STORE_MAX_SUBSCRIBERS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -171,6 +184,14 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("invalid duration {s:?}: must be positive"));
     }
     Ok(d)
+}
+
+/// Like [`parse_duration`], but zero is allowed (`0`: no age floor).
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim() {
+        "0" => Ok(std::time::Duration::ZERO),
+        other => parse_duration(other),
+    }
 }
 
 /// A PostgreSQL URL; its `Debug` and `Display` hide credentials.

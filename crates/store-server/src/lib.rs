@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use cli::DatabaseUrl;
-pub use database::{BackendOptions, open_store, open_store_with};
+pub use database::{BackendOptions, ChangeLogWindow, open_store, open_store_with};
 
 /// Why the server could not start or stopped badly. Every message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +202,10 @@ pub async fn run(
             pool_size: cli.pg_pool_size as usize,
             statement_timeout: cli.pg_statement_timeout,
             ..Default::default()
+        },
+        change_log: ChangeLogWindow {
+            retention: usize::try_from(cli.change_log_retention).unwrap_or(usize::MAX),
+            min_age: cli.change_log_min_age,
         },
     };
     let store = open_store_with(&cli.database_url, &backend).await?;

@@ -256,3 +256,65 @@ async fn healthz_and_metrics() {
     let (status, _) = http_get(server.http, "/nope");
     assert_eq!(status, 404);
 }
+
+/// `--change-log-retention` and `--change-log-min-age` reach the backend: with
+/// a window of 8 changes and no age floor, resuming from revision 1 after 64
+/// writes is OUT_OF_RANGE naming the oldest retained revision, while a
+/// resume point inside the window replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_log_window_flags_reach_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite_url(&dir);
+    for url in ["memory://", sqlite.as_str()] {
+        let server = Server::start_with(&[
+            "--addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            url,
+            "--change-log-retention",
+            "8",
+            "--change-log-min-age",
+            "0",
+        ]);
+        let mut client = server.client().await;
+        for i in 0..64 {
+            client
+                .create_margin_offer(pb::CreateMarginOfferRequest {
+                    offer: Some(offer(&format!("w-{i:02}"))),
+                })
+                .await
+                .unwrap();
+        }
+        let subscribe = |start: i64| pb::SubscribeMarginOffersRequest {
+            start_revision: Some(start),
+            ..Default::default()
+        };
+        let err = client.subscribe_margin_offers(subscribe(1)).await.err();
+        let err = err.unwrap_or_else(|| panic!("{url}: resuming from revision 1 must fail"));
+        assert_eq!(err.code(), tonic::Code::OutOfRange, "{url}: {err}");
+        assert!(err.message().contains("oldest"), "{url}: {}", err.message());
+
+        let mut stream = client
+            .subscribe_margin_offers(subscribe(62))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut replayed = Vec::new();
+        while replayed.len() < 2 {
+            let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            // Skip the subscription_established marker (type UNKNOWN).
+            if let Some(pb::subscribe_margin_offers_response::Event::Change(c)) = msg.event
+                && c.change_type != 0
+            {
+                replayed.push(c.revision);
+            }
+        }
+        assert_eq!(replayed, [63, 64], "{url}");
+    }
+}
