@@ -6,6 +6,8 @@
 //! LIST_BENCH_OFFERS=200000 cargo bench -p store-memory --bench list
 //! ```
 
+#![allow(clippy::expect_used)] // a benchmark that cannot set up should stop loudly
+
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use offer_domain::query::compare_offers;
 use offer_domain::{
