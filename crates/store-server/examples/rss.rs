@@ -101,7 +101,8 @@ async fn measure(bin: &str, backend: &str, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = loop {
         match GrpcStore::connect(&format!("http://{addr}")).await {
-            Ok(c) if c.health().await.is_ok() => break c,
+            // A 100 000-offer overwrite on a loaded machine can take a while.
+            Ok(c) if c.health().await.is_ok() => break c.with_timeout(Duration::from_secs(600)),
             _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
             _ => anyhow::bail!("store did not come up on {addr}"),
         }
