@@ -1,83 +1,506 @@
-//! Equality indexes of the in-memory store: field value → ids.
+//! Secondary indexes of the in-memory store.
+//!
+//! - Ordered indexes: `(sort key, id)` → offer, in B-trees, for keyset
+//!   paging. One per sort field in [`GLOBAL_ORDERED`] over the whole book,
+//!   and per value of an equality field for the pairs in [`BUCKET_ORDERED`]
+//!   (e.g. borrow token + interest rate), so the common "filter + sort" page
+//!   is a range walk from the token's position.
+//! - Buckets: equality field value → its offers (an ordered index doubles
+//!   as the member list), for candidate sets and exact counts.
+//! - Offers that can expire (by expiry time) and inactive offers, so a
+//!   `total` is an index size minus the few offers the listing excludes.
 
-use offer_domain::{MarginOffer, OfferFilter, OfferType};
-use std::collections::{HashMap, HashSet};
+use crate::stored::{Stored, sort_key, time_bits};
+use offer_domain::{OfferType, SortField, SortOrder, Timestamp};
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::ops::Bound;
 use std::sync::Arc;
 
-type Ids = HashSet<Arc<str>>;
+/// Sort fields with an ordered index over the whole book.
+pub(crate) const GLOBAL_ORDERED: &[SortField] = &[SortField::CreatedTimestamp];
 
-#[derive(Default)]
-pub(crate) struct Indexes {
-    offer_type: HashMap<OfferType, Ids>,
-    collateral_token: HashMap<String, Ids>,
-    borrow_token: HashMap<String, Ids>,
-    liquidity_source: HashMap<String, Ids>,
-    lender_address: HashMap<String, Ids>,
-    source: HashMap<String, Ids>,
+/// (equality field, sort field) pairs with an ordered index per field value.
+pub(crate) const BUCKET_ORDERED: &[(EqField, SortField)] = &[
+    (EqField::BorrowToken, SortField::InterestRate),
+    (EqField::CollateralToken, SortField::CreatedTimestamp),
+    (EqField::OfferType, SortField::AvailableBorrowAmount),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EqField {
+    OfferType,
+    CollateralToken,
+    BorrowToken,
+    LiquiditySource,
+    LenderAddress,
+    Source,
 }
 
-fn add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Ids>, key: K, id: &Arc<str>) {
-    map.entry(key).or_default().insert(id.clone());
+impl EqField {
+    const ALL: [EqField; 6] = [
+        EqField::OfferType,
+        EqField::CollateralToken,
+        EqField::BorrowToken,
+        EqField::LiquiditySource,
+        EqField::LenderAddress,
+        EqField::Source,
+    ];
+
+    fn sorts(self) -> impl Iterator<Item = SortField> {
+        BUCKET_ORDERED
+            .iter()
+            .filter(move |(f, _)| *f == self)
+            .map(|(_, s)| *s)
+    }
 }
 
-fn drop_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Ids>, key: &K, id: &str) {
-    if let Some(ids) = map.get_mut(key) {
-        ids.remove(id);
-        if ids.is_empty() {
-            map.remove(key);
+/// An offer in a hash set, keyed (and looked up) by its id.
+pub(crate) struct ById(pub Arc<Stored>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for ById {}
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Same as `str`'s hash, as `Borrow<str>` requires.
+        (*self.0.id).hash(state);
+    }
+}
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+/// A position in an ordered index: `(key, id)`, ids ascending within a key.
+pub(crate) trait Position {
+    fn key(&self) -> u64;
+    fn id(&self) -> &str;
+}
+
+impl PartialEq for dyn Position + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for dyn Position + '_ {}
+impl PartialOrd for dyn Position + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for dyn Position + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key()
+            .cmp(&other.key())
+            .then_with(|| self.id().as_bytes().cmp(other.id().as_bytes()))
+    }
+}
+
+/// A probe for range bounds; `id: ""` sorts before every real id of its key.
+pub(crate) struct Probe<'a> {
+    pub key: u64,
+    pub id: &'a str,
+}
+
+impl Position for Probe<'_> {
+    fn key(&self) -> u64 {
+        self.key
+    }
+    fn id(&self) -> &str {
+        self.id
+    }
+}
+
+pub(crate) struct Entry {
+    key: u64,
+    pub offer: Arc<Stored>,
+}
+
+impl Position for Entry {
+    fn key(&self) -> u64 {
+        self.key
+    }
+    fn id(&self) -> &str {
+        &self.offer.id
+    }
+}
+
+impl<'a> Borrow<dyn Position + 'a> for Entry {
+    fn borrow(&self) -> &(dyn Position + 'a) {
+        self
+    }
+}
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self as &dyn Position).cmp(other as &dyn Position)
+    }
+}
+
+pub(crate) type Ordered = BTreeSet<Entry>;
+
+/// Puts `new` where `old` was (same key: one seek), or moves it.
+fn reindex(
+    index: &mut Ordered,
+    old: Option<(u64, &Arc<Stored>)>,
+    new: Option<(u64, &Arc<Stored>)>,
+) {
+    match (old, new) {
+        (Some((ok, o)), Some((nk, n))) if ok == nk && o.id == n.id => {
+            index.replace(Entry {
+                key: nk,
+                offer: n.clone(),
+            });
+        }
+        (old, new) => {
+            if let Some((key, o)) = old {
+                index.remove(&Probe { key, id: &o.id } as &dyn Position);
+            }
+            if let Some((key, n)) = new {
+                index.insert(Entry {
+                    key,
+                    offer: n.clone(),
+                });
+            }
         }
     }
 }
 
-static EMPTY: std::sync::LazyLock<Ids> = std::sync::LazyLock::new(Ids::new);
+/// The offers with one value of an equality field.
+pub(crate) struct Bucket {
+    /// Aligned with `field.sorts()`; the first doubles as the member list.
+    pub ordered: Vec<(SortField, Ordered)>,
+    /// The member list of a field without ordered indexes.
+    set: HashSet<ById>,
+}
+
+impl Bucket {
+    fn new(field: EqField) -> Bucket {
+        Bucket {
+            ordered: field.sorts().map(|s| (s, Ordered::new())).collect(),
+            set: HashSet::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self.ordered.first() {
+            Some((_, index)) => index.len(),
+            None => self.set.len(),
+        }
+    }
+
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &Arc<Stored>> + '_> {
+        match self.ordered.first() {
+            Some((_, index)) => Box::new(index.iter().map(|e| &e.offer)),
+            None => Box::new(self.set.iter().map(|b| &b.0)),
+        }
+    }
+
+    pub fn ordered_by(&self, by: SortField) -> Option<&Ordered> {
+        self.ordered.iter().find(|(s, _)| *s == by).map(|(_, i)| i)
+    }
+
+    fn update(&mut self, old: Option<&Arc<Stored>>, new: Option<&Arc<Stored>>) {
+        for (by, index) in &mut self.ordered {
+            let at = |o: &Arc<Stored>| sort_key(o, *by).unwrap_or_default();
+            reindex(index, old.map(|o| (at(o), o)), new.map(|n| (at(n), n)));
+        }
+        if self.ordered.is_empty() {
+            if let Some(o) = old {
+                self.set.remove(&*o.id);
+            }
+            if let Some(n) = new {
+                self.set.replace(ById(n.clone()));
+            }
+        }
+    }
+}
+
+/// A field value as a bucket key: interned strings, or the offer type.
+/// Equal and hashed as its text, so a bucket is found by `&str`.
+#[derive(Clone)]
+pub(crate) enum Value {
+    Type(OfferType),
+    Text(Arc<str>),
+}
+
+impl Borrow<str> for Value {
+    fn borrow(&self) -> &str {
+        match self {
+            Value::Type(t) => t.as_str(),
+            Value::Text(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        <Value as Borrow<str>>::borrow(self) == <Value as Borrow<str>>::borrow(other)
+    }
+}
+impl Eq for Value {}
+impl Hash for Value {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        <Value as Borrow<str>>::borrow(self).hash(state);
+    }
+}
+
+fn value_of(o: &Stored, field: EqField) -> Option<Value> {
+    let text = |s: &Arc<str>| Value::Text(s.clone());
+    match field {
+        EqField::OfferType => Some(Value::Type(o.offer_type)),
+        EqField::CollateralToken => Some(text(&o.collateral_token)),
+        EqField::BorrowToken => Some(text(&o.borrow_token)),
+        EqField::LiquiditySource => Some(text(&o.liquidity_source)),
+        EqField::LenderAddress => o.lender_address.as_ref().map(text),
+        EqField::Source => o.source.as_ref().map(text),
+    }
+}
+
+pub(crate) struct Indexes {
+    pub global: Vec<(SortField, Ordered)>,
+    /// Per `EqField::ALL` entry: value → bucket.
+    buckets: [HashMap<Value, Bucket>; 6],
+    /// Offers with a term, by expiry time.
+    pub expiring: Ordered,
+    /// Offers `active_only` leaves out.
+    pub inactive: HashSet<ById>,
+}
+
+impl Default for Indexes {
+    fn default() -> Self {
+        Indexes {
+            global: GLOBAL_ORDERED
+                .iter()
+                .map(|s| (*s, Ordered::new()))
+                .collect(),
+            buckets: Default::default(),
+            expiring: Ordered::new(),
+            inactive: HashSet::new(),
+        }
+    }
+}
+
+fn expiry_key(o: &Stored) -> Option<u64> {
+    o.expires_at().map(|t| time_bits(t.as_nanos()))
+}
 
 impl Indexes {
-    pub(crate) fn insert(&mut self, o: &MarginOffer, id: &Arc<str>) {
-        add(&mut self.offer_type, o.offer_type, id);
-        add(&mut self.collateral_token, o.collateral_token.clone(), id);
-        add(&mut self.borrow_token, o.borrow_token.clone(), id);
-        add(&mut self.liquidity_source, o.liquidity_source.clone(), id);
-        if let Some(l) = &o.lender_address {
-            add(&mut self.lender_address, l.clone(), id);
+    /// Moves an offer from `old` to `new` (either absent: insert or remove).
+    pub fn update(&mut self, old: Option<&Arc<Stored>>, new: Option<&Arc<Stored>>) {
+        for (by, index) in &mut self.global {
+            let at = |o: &Arc<Stored>| sort_key(o, *by).unwrap_or_default();
+            reindex(index, old.map(|o| (at(o), o)), new.map(|n| (at(n), n)));
         }
-        if let Some(s) = &o.source {
-            add(&mut self.source, s.clone(), id);
+        for (field, map) in EqField::ALL.into_iter().zip(&mut self.buckets) {
+            let old_value = old.and_then(|o| value_of(o, field));
+            let new_value = new.and_then(|n| value_of(n, field));
+            if old_value == new_value {
+                if let Some(bucket) = new_value.and_then(|v| map.get_mut(&v)) {
+                    bucket.update(old, new);
+                }
+                continue;
+            }
+            if let Some(v) = old_value
+                && let Some(bucket) = map.get_mut(&v)
+            {
+                bucket.update(old, None);
+                if bucket.len() == 0 {
+                    map.remove(&v);
+                }
+            }
+            if let Some(v) = new_value {
+                map.entry(v)
+                    .or_insert_with(|| Bucket::new(field))
+                    .update(None, new);
+            }
+        }
+        let old_expiry = old.and_then(|o| expiry_key(o).map(|k| (k, o)));
+        let new_expiry = new.and_then(|n| expiry_key(n).map(|k| (k, n)));
+        reindex(&mut self.expiring, old_expiry, new_expiry);
+        if let Some(o) = old.filter(|o| !o.is_active()) {
+            self.inactive.remove(&*o.id);
+        }
+        if let Some(n) = new.filter(|n| !n.is_active()) {
+            self.inactive.replace(ById(n.clone()));
         }
     }
 
-    pub(crate) fn remove(&mut self, o: &MarginOffer, id: &str) {
-        drop_id(&mut self.offer_type, &o.offer_type, id);
-        drop_id(&mut self.collateral_token, &o.collateral_token, id);
-        drop_id(&mut self.borrow_token, &o.borrow_token, id);
-        drop_id(&mut self.liquidity_source, &o.liquidity_source, id);
-        if let Some(l) = &o.lender_address {
-            drop_id(&mut self.lender_address, l, id);
-        }
-        if let Some(s) = &o.source {
-            drop_id(&mut self.source, s, id);
-        }
+    /// The bucket of `field = value`; `None` when no offer has that value.
+    pub fn bucket(&self, field: EqField, value: &str) -> Option<&Bucket> {
+        let i = EqField::ALL.iter().position(|f| *f == field)?;
+        self.buckets[i].get(value)
     }
 
-    /// The smallest id set that a filter's equality conditions allow, or
-    /// `None` when the filter has no indexed condition (scan everything).
-    pub(crate) fn narrowest(&self, f: &OfferFilter) -> Option<&Ids> {
-        fn get<'a, K: std::hash::Hash + Eq>(m: &'a HashMap<K, Ids>, k: &K) -> &'a Ids {
-            m.get(k).unwrap_or(&EMPTY)
+    pub fn global_by(&self, by: SortField) -> Option<&Ordered> {
+        self.global.iter().find(|(s, _)| *s == by).map(|(_, i)| i)
+    }
+
+    /// Offers whose expiry lies before `now`, i.e. expired.
+    pub fn expired(&self, now: Timestamp) -> impl Iterator<Item = &Arc<Stored>> {
+        let end = Probe {
+            key: time_bits(now.as_nanos()),
+            id: "",
+        };
+        self.expiring
+            .range::<dyn Position, _>((Bound::Unbounded, Bound::Excluded(&end as &dyn Position)))
+            .map(|e| &e.offer)
+    }
+}
+
+/// What a walk of an ordered index produced.
+pub(crate) enum Walk {
+    /// Up to `want` admitted offers in list order.
+    Page(Vec<Arc<Stored>>),
+    /// More than `budget` entries were read without filling the page.
+    OverBudget,
+}
+
+/// Long runs of equal keys are walked forward rather than buffered.
+const TIE_RUN: usize = 256;
+
+struct Collector<F> {
+    page: Vec<Arc<Stored>>,
+    read: usize,
+    want: usize,
+    budget: usize,
+    admit: F,
+}
+
+/// Why a walk stops early.
+enum Stop {
+    Full,
+    OverBudget,
+}
+
+impl<F: Fn(&Stored) -> bool> Collector<F> {
+    fn take(&mut self, e: &Entry) -> Result<(), Stop> {
+        self.read += 1;
+        if (self.admit)(&e.offer) {
+            self.page.push(e.offer.clone());
+            if self.page.len() >= self.want {
+                return Err(Stop::Full);
+            }
         }
-        let candidates = [
-            f.offer_type.as_ref().map(|k| get(&self.offer_type, k)),
-            f.collateral_token
-                .as_ref()
-                .map(|k| get(&self.collateral_token, k)),
-            f.borrow_token.as_ref().map(|k| get(&self.borrow_token, k)),
-            f.liquidity_source
-                .as_ref()
-                .map(|k| get(&self.liquidity_source, k)),
-            f.lender_address
-                .as_ref()
-                .map(|k| get(&self.lender_address, k)),
-            f.source.as_ref().map(|k| get(&self.source, k)),
-        ];
-        candidates.into_iter().flatten().min_by_key(|ids| ids.len())
+        if self.read > self.budget {
+            return Err(Stop::OverBudget);
+        }
+        Ok(())
+    }
+}
+
+/// The rest of one key's run, ids ascending, from `from`.
+fn run_from<'a>(
+    index: &'a Ordered,
+    key: u64,
+    from: Bound<&dyn Position>,
+) -> impl Iterator<Item = &'a Entry> {
+    index
+        .range::<dyn Position, _>((from, Bound::Unbounded))
+        .take_while(move |e| e.key == key)
+}
+
+fn walk_desc<F: Fn(&Stored) -> bool>(
+    index: &Ordered,
+    after: Option<(u64, &str)>,
+    c: &mut Collector<F>,
+) -> Result<(), Stop> {
+    // Keys descending, ids ascending within a key: walk backwards run by
+    // run, emitting each run reversed.
+    let mut below = None;
+    if let Some((key, id)) = after {
+        let p = Probe { key, id };
+        for e in run_from(index, key, Bound::Excluded(&p as &dyn Position)) {
+            c.take(e)?;
+        }
+        below = Some(key);
+    }
+    'runs: loop {
+        let end = below.map(|key| Probe { key, id: "" });
+        let upper = match &end {
+            Some(p) => Bound::Excluded(p as &dyn Position),
+            None => Bound::Unbounded,
+        };
+        let mut run: Vec<&Entry> = Vec::new();
+        for e in index
+            .range::<dyn Position, _>((Bound::Unbounded, upper))
+            .rev()
+        {
+            if run.last().is_some_and(|last| last.key != e.key) {
+                for r in run.drain(..).rev() {
+                    c.take(r)?;
+                }
+            }
+            run.push(e);
+            if run.len() > TIE_RUN {
+                let key = e.key;
+                let p = Probe { key, id: "" };
+                for r in run_from(index, key, Bound::Included(&p as &dyn Position)) {
+                    c.take(r)?;
+                }
+                below = Some(key);
+                continue 'runs;
+            }
+        }
+        for r in run.drain(..).rev() {
+            c.take(r)?;
+        }
+        return Ok(());
+    }
+}
+
+/// Reads `index` in list order (key in `order`, ids ascending) strictly
+/// after `after`, keeping the offers `admit` accepts, until `want` are kept.
+pub(crate) fn walk(
+    index: &Ordered,
+    order: SortOrder,
+    after: Option<(u64, &str)>,
+    want: usize,
+    budget: usize,
+    admit: impl Fn(&Stored) -> bool,
+) -> Walk {
+    if want == 0 {
+        return Walk::Page(Vec::new());
+    }
+    let mut c = Collector {
+        page: Vec::new(),
+        read: 0,
+        want,
+        budget,
+        admit,
+    };
+    let outcome = match order {
+        SortOrder::Asc => {
+            let start = after.map(|(key, id)| Probe { key, id });
+            let from = match &start {
+                Some(p) => Bound::Excluded(p as &dyn Position),
+                None => Bound::Unbounded,
+            };
+            index
+                .range::<dyn Position, _>((from, Bound::Unbounded))
+                .try_for_each(|e| c.take(e))
+        }
+        SortOrder::Desc => walk_desc(index, after, &mut c),
+    };
+    match outcome {
+        Err(Stop::OverBudget) => Walk::OverBudget,
+        Ok(()) | Err(Stop::Full) => Walk::Page(c.page),
     }
 }

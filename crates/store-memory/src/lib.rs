@@ -2,29 +2,36 @@
 //! `--database-url memory://`.
 //!
 //! All state sits behind one `RwLock`, so every write call is trivially
-//! atomic and readers see whole revisions. Equality filters are served by
-//! secondary indexes (value → ids), so a filtered list touches only the
-//! offers that can match, then selects the page with a partial sort.
+//! atomic and readers see whole revisions. Offers are kept once, compactly
+//! (`stored.rs`), shared by the book, the indexes and the change log.
+//!
+//! A list page is a range walk of an ordered index from the page token's
+//! position when one fits the sort (and the filter's equality conditions);
+//! otherwise the smallest equality candidate set is filtered and partially
+//! sorted. `total` comes from index sizes when the filter is one equality
+//! condition, else from counting the candidate set.
 
 mod index;
+mod stored;
 
 use async_trait::async_trait;
-use index::Indexes;
-use offer_domain::query::{ResolvedList, compare_keys, compare_offers};
+use index::{Bucket, ById, EqField, Indexes, Ordered, Walk, walk};
+use offer_domain::query::{ResolvedList, SortValue, compare_keys};
 use offer_domain::write::{self, BulkPlan, Lookup, OverwritePlan, SinglePlan, WritePlan};
 use offer_domain::{
     BulkCreateOptions, BulkDeleteOptions, BulkOutcome, BulkUpdateOptions, BulkUpsertOptions,
-    Change, ChangeType, ListPage, ListQuery, MarginOffer, OfferPatch, OverwriteFilter,
-    OverwriteOutcome, OverwriteRequest, Revision, Stats, StatsQuery, StoreError, StoreResult,
-    Timestamp, WriteContext,
+    Change, ChangeType, ListPage, ListQuery, MarginOffer, OfferFilter, OfferPatch, OverwriteFilter,
+    OverwriteOutcome, OverwriteRequest, Revision, SortField, SortOrder, Stats, StatsQuery,
+    StoreError, StoreResult, Timestamp, WriteContext,
 };
 use offer_store::{ChangeBatch, MarginOfferStore, Written};
 use parking_lot::RwLock;
 use std::cmp::Ordering;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
+use stored::{Interner, Stored, sort_key, token_key};
 use tokio::sync::watch;
 
 /// Changes kept for `changes_since` unless configured otherwise.
@@ -41,15 +48,44 @@ pub struct MemoryStore {
 }
 
 struct State {
-    offers: HashMap<Arc<str>, Arc<MarginOffer>>,
+    offers: HashSet<ById>,
     indexes: Indexes,
+    strings: Interner,
     revision: Revision,
-    changes: VecDeque<Change>,
+    changes: VecDeque<Logged>,
     /// Every change with a revision at or below this has been pruned.
     pruned_through: Revision,
     retention: usize,
     /// Nanoseconds; a change younger than this is never pruned.
     min_age_nanos: i64,
+}
+
+/// A change as the log keeps it: the offer shared with the book, the
+/// per-call fields shared by every change of the call.
+struct Logged {
+    revision: Revision,
+    change_type: ChangeType,
+    offer: Arc<Stored>,
+    call: Arc<Call>,
+}
+
+struct Call {
+    timestamp: Timestamp,
+    origin: String,
+    operation_id: String,
+}
+
+impl Logged {
+    fn to_change(&self) -> Change {
+        Change {
+            revision: self.revision,
+            change_type: self.change_type,
+            offer: self.offer.to_offer(),
+            timestamp: self.call.timestamp,
+            origin: self.call.origin.clone(),
+            operation_id: self.call.operation_id.clone(),
+        }
+    }
 }
 
 impl Default for MemoryStore {
@@ -69,8 +105,9 @@ impl MemoryStore {
     pub fn with_change_retention(retention: usize) -> Self {
         MemoryStore {
             state: RwLock::new(State {
-                offers: HashMap::new(),
+                offers: HashSet::new(),
                 indexes: Indexes::default(),
+                strings: Interner::default(),
                 revision: 0,
                 changes: VecDeque::new(),
                 pruned_through: 0,
@@ -110,7 +147,7 @@ impl MemoryStore {
         let now = Timestamp::now();
         let (result, plan) = {
             let offers = &state.offers;
-            let mut lookup = |id: &str| Ok(offers.get(id).map(|o| (**o).clone()));
+            let mut lookup = |id: &str| Ok(offers.get(id).map(|o| o.0.to_offer()));
             planner(&state, &mut lookup, now)?
         };
         if dry_run || plan.is_empty() {
@@ -132,23 +169,28 @@ impl State {
         } else {
             ctx.operation_id.clone()
         };
+        let call = Arc::new(Call {
+            timestamp: now,
+            origin: ctx.origin.clone(),
+            operation_id,
+        });
         for w in plan.writes {
-            let id: Arc<str> = Arc::from(w.offer.id.as_str());
-            if let Some(old) = self.offers.remove(&id) {
-                self.indexes.remove(&old, &id);
-            }
-            if w.change_type != ChangeType::Deleted {
-                let offer = Arc::new(w.offer.clone());
-                self.indexes.insert(&offer, &id);
-                self.offers.insert(id, offer);
-            }
-            self.changes.push_back(Change {
+            let old = self.offers.take(w.offer.id.as_str()).map(|b| b.0);
+            let logged = if w.change_type == ChangeType::Deleted {
+                self.indexes.update(old.as_ref(), None);
+                // The plan's offer is the stored one, as loaded.
+                old.unwrap_or_else(|| Arc::new(Stored::new(&w.offer, &mut self.strings)))
+            } else {
+                let new = Arc::new(Stored::new(&w.offer, &mut self.strings));
+                self.indexes.update(old.as_ref(), Some(&new));
+                self.offers.insert(ById(new.clone()));
+                new
+            };
+            self.changes.push_back(Logged {
                 revision,
                 change_type: w.change_type,
-                offer: w.offer,
-                timestamp: now,
-                origin: ctx.origin.clone(),
-                operation_id: operation_id.clone(),
+                offer: logged,
+                call: call.clone(),
             });
         }
         self.prune(now);
@@ -160,7 +202,8 @@ impl State {
     fn prune(&mut self, now: Timestamp) {
         let cutoff = now.0.saturating_sub(self.min_age_nanos);
         while self.changes.len() > self.retention {
-            let Some((oldest, at)) = self.changes.front().map(|c| (c.revision, c.timestamp)) else {
+            let Some((oldest, at)) = self.changes.front().map(|c| (c.revision, c.call.timestamp))
+            else {
                 break;
             };
             if at.0 > cutoff {
@@ -180,20 +223,233 @@ impl State {
         let filter = filter
             .map(OverwriteFilter::as_offer_filter)
             .unwrap_or_default();
-        self.candidates(&filter)
-            .filter(|o| filter.matches(o))
-            .map(|o| MarginOffer::clone(o))
+        self.matching(&filter).map(|o| o.to_offer()).collect()
+    }
+
+    /// The offers a filter selects (no expiry rule), via its narrowest bucket.
+    fn matching<'a>(&'a self, filter: &'a OfferFilter) -> impl Iterator<Item = &'a Arc<Stored>> {
+        let buckets = self.buckets(filter);
+        let narrowest = buckets.as_ref().map(|b| narrowest(b));
+        let candidates: Box<dyn Iterator<Item = &Arc<Stored>>> = match narrowest {
+            Some(n) => self.candidates(n),
+            None => Box::new(std::iter::empty()),
+        };
+        candidates.filter(|o| o.matches(filter))
+    }
+
+    /// The buckets of the filter's equality conditions; `None` when one of
+    /// them has no offer at all, so nothing matches.
+    fn buckets(&self, f: &OfferFilter) -> Option<Vec<&Bucket>> {
+        equality_conditions(f)
+            .into_iter()
+            .map(|(field, value)| self.indexes.bucket(field, value))
             .collect()
     }
 
+    /// Every offer of `bucket`, or of the book.
     fn candidates<'a>(
         &'a self,
-        filter: &offer_domain::OfferFilter,
-    ) -> Box<dyn Iterator<Item = &'a Arc<MarginOffer>> + 'a> {
-        match self.indexes.narrowest(filter) {
-            Some(ids) => Box::new(ids.iter().filter_map(|id| self.offers.get(id))),
-            None => Box::new(self.offers.values()),
+        bucket: Option<&'a Bucket>,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Stored>> + 'a> {
+        match bucket {
+            Some(b) => b.iter(),
+            None => Box::new(self.offers.iter().map(|b| &b.0)),
         }
+    }
+
+    /// The page rows (`offset` included, up to `offset + limit + 1`) and the total.
+    fn select(&self, q: &ListQuery, r: &ResolvedList, now: Timestamp) -> (Vec<Arc<Stored>>, usize) {
+        let Some(buckets) = self.buckets(&q.filter) else {
+            return (Vec::new(), 0);
+        };
+        let admit = |o: &Stored| o.admitted_by(q, now);
+        let narrowest = narrowest(&buckets);
+        let candidates = narrowest.map_or(self.offers.len(), Bucket::len);
+        let want = r.offset.saturating_add(r.limit).saturating_add(1);
+        let walked = self.walk_page(q, r, &buckets, candidates, want, &admit);
+        let (rows, counted) = match walked {
+            Some(rows) => (rows, None),
+            None => {
+                let (rows, total) = self.sort_page(q, r, narrowest, want, &admit);
+                (rows, Some(total))
+            }
+        };
+        let total = counted
+            .or_else(|| self.total_from_indexes(q, buckets.len(), narrowest, now))
+            .unwrap_or_else(|| self.candidates(narrowest).filter(|o| admit(o)).count());
+        (rows, total)
+    }
+
+    /// The page by a walk of the smallest ordered index that fits the sort,
+    /// or `None` when the candidate set is the cheaper way (by estimate, or
+    /// because the walk read more than twice the candidates).
+    fn walk_page(
+        &self,
+        q: &ListQuery,
+        r: &ResolvedList,
+        buckets: &[&Bucket],
+        candidates: usize,
+        want: usize,
+        admit: &dyn Fn(&Stored) -> bool,
+    ) -> Option<Vec<Arc<Stored>>> {
+        let by = q.sort_by;
+        let after = match &r.after {
+            None => None,
+            Some((key, id)) => Some((token_key(by, key)?, id.as_str())),
+        };
+        let mut best: Option<(&Ordered, usize)> = self
+            .indexes
+            .global_by(by)
+            .map(|index| (index, self.offers.len()));
+        for b in buckets {
+            if let Some(index) = b.ordered_by(by)
+                && best.is_none_or(|(_, size)| b.len() < size)
+            {
+                best = Some((index, b.len()));
+            }
+        }
+        let (index, size) = best?;
+        // Reads to fill the page if the matches spread evenly over the index.
+        let expected = want.saturating_mul(size) / candidates.max(1);
+        if expected > candidates {
+            return None;
+        }
+        let budget = candidates.saturating_mul(2).max(1024);
+        match walk(index, q.sort_order, after, want, budget, admit) {
+            Walk::Page(rows) => Some(rows),
+            Walk::OverBudget => None,
+        }
+    }
+
+    /// The page by filtering the candidates and a partial sort; also
+    /// returns the number of admitted candidates, which is the total.
+    fn sort_page(
+        &self,
+        q: &ListQuery,
+        r: &ResolvedList,
+        bucket: Option<&Bucket>,
+        want: usize,
+        admit: &dyn Fn(&Stored) -> bool,
+    ) -> (Vec<Arc<Stored>>, usize) {
+        let (by, order) = (q.sort_by, q.sort_order);
+        let after = r
+            .after
+            .as_ref()
+            .map(|(key, id)| (key, id.as_str(), token_key(by, key)));
+        let mut total = 0;
+        let mut rows: Vec<&Arc<Stored>> = Vec::new();
+        for o in self.candidates(bucket) {
+            if !admit(o) {
+                continue;
+            }
+            total += 1;
+            if after.is_none_or(|(key, id, bits)| is_after(o, by, order, key, id, bits)) {
+                rows.push(o);
+            }
+        }
+        let cmp = |a: &&Arc<Stored>, b: &&Arc<Stored>| stored::compare(a, b, by, order);
+        if rows.len() > want {
+            rows.select_nth_unstable_by(want - 1, cmp);
+            rows.truncate(want);
+        }
+        rows.sort_unstable_by(cmp);
+        (rows.into_iter().cloned().collect(), total)
+    }
+
+    /// `total` as an index size minus the offers expiry and `active_only`
+    /// leave out, when the filter is at most one equality condition; `None`
+    /// when it is more, or when the excluded offers outnumber the candidates.
+    fn total_from_indexes(
+        &self,
+        q: &ListQuery,
+        conditions: usize,
+        bucket: Option<&Bucket>,
+        now: Timestamp,
+    ) -> Option<usize> {
+        let f = &q.filter;
+        if conditions > 1 || *f != equality_only(f) {
+            return None;
+        }
+        let base = bucket.map_or(self.offers.len(), Bucket::len);
+        let mut read = 0usize;
+        let mut excluded = 0usize;
+        let mut count = |o: &Stored, also_expired: bool| {
+            read += 1;
+            if o.matches(f) && !also_expired {
+                excluded += 1;
+            }
+            read <= base
+        };
+        if !q.include_expired {
+            for o in self.indexes.expired(now) {
+                if !count(o, false) {
+                    return None;
+                }
+            }
+        }
+        if q.active_only {
+            for b in &self.indexes.inactive {
+                // Counted above already when expired.
+                let expired = !q.include_expired && b.0.is_expired(now);
+                if !count(&b.0, expired) {
+                    return None;
+                }
+            }
+        }
+        Some(base - excluded)
+    }
+}
+
+/// The smallest bucket (`None`: no equality condition, the whole book).
+fn narrowest<'a>(buckets: &[&'a Bucket]) -> Option<&'a Bucket> {
+    buckets.iter().min_by_key(|b| b.len()).copied()
+}
+
+fn equality_conditions(f: &OfferFilter) -> Vec<(EqField, &str)> {
+    [
+        (EqField::OfferType, f.offer_type.map(|t| t.as_str())),
+        (EqField::CollateralToken, f.collateral_token.as_deref()),
+        (EqField::BorrowToken, f.borrow_token.as_deref()),
+        (EqField::LiquiditySource, f.liquidity_source.as_deref()),
+        (EqField::LenderAddress, f.lender_address.as_deref()),
+        (EqField::Source, f.source.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(field, value)| value.map(|v| (field, v)))
+    .collect()
+}
+
+/// The filter's equality conditions alone.
+fn equality_only(f: &OfferFilter) -> OfferFilter {
+    OfferFilter {
+        offer_type: f.offer_type,
+        collateral_token: f.collateral_token.clone(),
+        borrow_token: f.borrow_token.clone(),
+        liquidity_source: f.liquidity_source.clone(),
+        lender_address: f.lender_address.clone(),
+        source: f.source.clone(),
+        ..Default::default()
+    }
+}
+
+/// True when the offer lies strictly after the page token's position.
+fn is_after(
+    o: &Stored,
+    by: SortField,
+    order: SortOrder,
+    key: &SortValue,
+    id: &str,
+    key_bits: Option<u64>,
+) -> bool {
+    match (key_bits, sort_key(o, by)) {
+        (Some(token), Some(own)) => {
+            let by_key = match order {
+                SortOrder::Asc => own.cmp(&token),
+                SortOrder::Desc => token.cmp(&own),
+            };
+            by_key.then_with(|| o.id.as_bytes().cmp(id.as_bytes())) == Ordering::Greater
+        }
+        _ => compare_keys(&o.sort_value(by), &o.id, key, id, order) == Ordering::Greater,
     }
 }
 
@@ -233,7 +489,7 @@ impl MarginOfferStore for MemoryStore {
         state
             .offers
             .get(id)
-            .map(|o| (**o).clone())
+            .map(|o| o.0.to_offer())
             .ok_or_else(|| StoreError::NotFound { id: id.to_owned() })
     }
 
@@ -267,23 +523,17 @@ impl MarginOfferStore for MemoryStore {
         let resolved = query.resolve()?;
         let now = Timestamp::now();
         let state = self.state.read();
-        let mut total = 0i64;
-        let mut page: Vec<&Arc<MarginOffer>> = Vec::new();
-        for o in state.candidates(&query.filter) {
-            if !query.admits(o, now) {
-                continue;
-            }
-            total += 1;
-            if is_after(o, &resolved, query) {
-                page.push(o);
-            }
-        }
-        let rows = select_page(page, &resolved, query);
+        let (rows, total) = state.select(query, &resolved, now);
+        let rows = rows
+            .iter()
+            .skip(resolved.offset)
+            .map(|o| o.to_offer())
+            .collect();
         Ok(ListPage::assemble(
             query,
             &resolved,
             rows,
-            total,
+            i64::try_from(total).unwrap_or(i64::MAX),
             state.revision,
         ))
     }
@@ -380,9 +630,9 @@ impl MarginOfferStore for MemoryStore {
             revision: state.revision,
             ..Default::default()
         };
-        for o in state.candidates(&filter) {
-            if query.admits(o, now) {
-                stats.add(o);
+        for o in state.matching(&filter) {
+            if query.include_expired || !o.is_expired(now) {
+                o.add_to(&mut stats);
             }
         }
         Ok(stats)
@@ -433,43 +683,12 @@ impl MarginOfferStore for MemoryStore {
             end = rev_end;
         }
         Ok(ChangeBatch {
-            changes: state.changes.range(start..end).cloned().collect(),
+            changes: state
+                .changes
+                .range(start..end)
+                .map(Logged::to_change)
+                .collect(),
             head: state.revision,
         })
     }
-}
-
-/// True when the offer lies strictly after the page token's position.
-fn is_after(o: &MarginOffer, resolved: &ResolvedList, q: &ListQuery) -> bool {
-    match &resolved.after {
-        None => true,
-        Some((key, id)) => {
-            compare_keys(&q.sort_by.key(o), &o.id, key, id, q.sort_order) == Ordering::Greater
-        }
-    }
-}
-
-/// The `offset..offset + limit + 1` slice of `rows` in list order, found by
-/// partial selection rather than a full sort.
-fn select_page(
-    mut rows: Vec<&Arc<MarginOffer>>,
-    resolved: &ResolvedList,
-    q: &ListQuery,
-) -> Vec<MarginOffer> {
-    let cmp = |a: &&Arc<MarginOffer>, b: &&Arc<MarginOffer>| {
-        compare_offers(a, b, q.sort_by, q.sort_order)
-    };
-    let wanted = resolved
-        .offset
-        .saturating_add(resolved.limit)
-        .saturating_add(1);
-    if rows.len() > wanted {
-        rows.select_nth_unstable_by(wanted - 1, cmp);
-        rows.truncate(wanted);
-    }
-    rows.sort_unstable_by(cmp);
-    rows.into_iter()
-        .skip(resolved.offset)
-        .map(|o| (**o).clone())
-        .collect()
 }
