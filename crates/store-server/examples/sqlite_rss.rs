@@ -90,7 +90,11 @@ async fn main() {
     for (i, chunk) in store_bench::book(offers, 7).chunks(10_000).enumerate() {
         if i > 0 && i % 10 == 0 {
             let (rss, hwm) = memory(pid);
-            println!("{} loaded: VmRSS {rss} MiB, VmHWM {hwm} MiB", i * 10_000);
+            println!(
+                "{} loaded at {:?}: VmRSS {rss} MiB, VmHWM {hwm} MiB",
+                i * 10_000,
+                started.elapsed()
+            );
         }
         client
             .bulk_create_or_update(
