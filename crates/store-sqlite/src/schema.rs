@@ -13,6 +13,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The writer's page cache in KiB (SQLite's default is 2 MiB).
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
+/// Bytes the WAL file is cut back to when it starts over, so one huge write
+/// does not keep its disk space (see `checkpoint::RESTART_FRAMES`).
+const WAL_SIZE_LIMIT: i64 = 256 * 1024 * 1024;
+
 /// Prepared statements kept per connection: the list queries vary with the
 /// filters used, so the default of 16 would thrash.
 const STATEMENT_CACHE: usize = 128;
@@ -164,7 +168,8 @@ pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
     // copying the WAL into the database on the caller's time.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = FULL; PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
-         PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0"
+         PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0; \
+         PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}"
     ))
     .map_err(|e| unavailable_at(path, &e))?;
     migrate(&mut conn).map_err(|e| match e {
