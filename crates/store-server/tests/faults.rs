@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{Server, all_ids, offer};
+use common::{Server, all_ids, offer, pg};
 use offer_proto::pb;
 use offer_proto::pb::margin_offer_service_client::MarginOfferServiceClient;
 use std::collections::{BTreeMap, BTreeSet};
@@ -264,54 +264,14 @@ async fn kill9_under_load_sqlite() {
     kill9_under_load(&url).await;
 }
 
-/// The server named by `TEST_DATABASE_URL`; in CI a missing URL fails.
-fn server_url() -> Option<String> {
-    match std::env::var("TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                !ci(),
-                "TEST_DATABASE_URL is not set; CI must run the PostgreSQL tests"
-            );
-            eprintln!("TEST_DATABASE_URL is not set: skipping this PostgreSQL test");
-            None
-        }
-    }
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let (scheme, rest) = base.split_once("://").unwrap();
-    let host = rest.split_once('/').map_or(rest, |(h, _)| h);
-    match query {
-        Some(q) => format!("{scheme}://{host}/{db}?{q}"),
-        None => format!("{scheme}://{host}/{db}"),
-    }
-}
-
-async fn admin_exec(url: &str, sql: &str) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test server");
-    let task = tokio::spawn(conn);
-    client.batch_execute(sql).await.unwrap();
-    drop(client);
-    let _ = task.await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_under_load_postgres() {
-    let Some(admin) = server_url() else { return };
-    let db = format!("t_{}", uuid::Uuid::new_v4().simple());
-    admin_exec(&admin, &format!("CREATE DATABASE {db}")).await;
-    kill9_under_load(&with_database(&admin, &db)).await;
-    admin_exec(
-        &admin,
-        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-    )
-    .await;
+    let Some(admin) = pg::server_url() else {
+        return;
+    };
+    let db = pg::TestDatabase::create(&admin).await;
+    kill9_under_load(&db.url()).await;
+    db.drop_now().await;
 }
 
 // ------------------------------------------------------ database unavailable
