@@ -50,6 +50,11 @@ pub struct Cli {
           value_parser = parse_duration)]
     pub pg_statement_timeout: std::time::Duration,
 
+    /// PostgreSQL only: how often a write that hit a serialisation failure
+    /// or deadlock is retried before the call fails.
+    #[arg(long, env = "STORE_PG_SERIALIZATION_RETRIES", default_value_t = 5)]
+    pub pg_serialization_retries: u32,
+
     /// Most offers one unary bulk request may carry.
     #[arg(long, env = "STORE_MAX_BULK_ITEMS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -201,6 +201,7 @@ pub async fn run(
         postgres: store_postgres::PgOptions {
             pool_size: cli.pg_pool_size as usize,
             statement_timeout: cli.pg_statement_timeout,
+            serialization_retries: cli.pg_serialization_retries,
             ..Default::default()
         },
         change_log: ChangeLogWindow {
