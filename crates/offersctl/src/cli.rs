@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use offer_domain::json::parse_rfc3339;
-use offer_domain::{InterestModel, OfferType, SortField, SortOrder, Timestamp};
+use offer_domain::{InterestModel, OfferType, OverwriteFilter, SortField, SortOrder, Timestamp};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -70,6 +70,13 @@ pub struct ExportArgs {
     /// The archive: file:///dir, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.
     #[arg(long)]
     pub to: String,
+    #[command(flatten)]
+    pub filter: ScopeFilterArgs,
+}
+
+/// The scope filters of `stats` and `snapshot export` (an `OverwriteFilter`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct ScopeFilterArgs {
     #[arg(long, value_parser = parse_offer_type)]
     pub offer_type: Option<OfferType>,
     #[arg(long)]
@@ -90,6 +97,25 @@ pub struct ExportArgs {
     pub updated_after: Option<Timestamp>,
     #[arg(long, value_parser = parse_time)]
     pub updated_before: Option<Timestamp>,
+}
+
+impl ScopeFilterArgs {
+    /// `None` when no flag was given.
+    pub fn into_filter(self) -> Option<OverwriteFilter> {
+        let filter = OverwriteFilter {
+            offer_type: self.offer_type,
+            collateral_token: self.collateral_token,
+            borrow_token: self.borrow_token,
+            lender_address: self.lender,
+            liquidity_source: self.liquidity_source,
+            source: self.source,
+            created_after: self.created_after,
+            created_before: self.created_before,
+            updated_after: self.updated_after,
+            updated_before: self.updated_before,
+        };
+        (!filter.is_empty()).then_some(filter)
+    }
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -167,26 +193,8 @@ pub struct ListArgs {
 
 #[derive(Clone, Debug, Default, Args)]
 pub struct StatsArgs {
-    #[arg(long, value_parser = parse_offer_type)]
-    pub offer_type: Option<OfferType>,
-    #[arg(long)]
-    pub collateral_token: Option<String>,
-    #[arg(long)]
-    pub borrow_token: Option<String>,
-    #[arg(long)]
-    pub liquidity_source: Option<String>,
-    #[arg(long)]
-    pub lender: Option<String>,
-    #[arg(long)]
-    pub source: Option<String>,
-    #[arg(long, value_parser = parse_time)]
-    pub created_after: Option<Timestamp>,
-    #[arg(long, value_parser = parse_time)]
-    pub created_before: Option<Timestamp>,
-    #[arg(long, value_parser = parse_time)]
-    pub updated_after: Option<Timestamp>,
-    #[arg(long, value_parser = parse_time)]
-    pub updated_before: Option<Timestamp>,
+    #[command(flatten)]
+    pub filter: ScopeFilterArgs,
     /// Also count offers whose term has run out.
     #[arg(long)]
     pub include_expired: bool,

@@ -213,20 +213,8 @@ async fn get(ctx: &Ctx, id: &str, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 async fn stats(ctx: &Ctx, a: StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let filter = OverwriteFilter {
-        offer_type: a.offer_type,
-        collateral_token: a.collateral_token,
-        borrow_token: a.borrow_token,
-        lender_address: a.lender,
-        liquidity_source: a.liquidity_source,
-        source: a.source,
-        created_after: a.created_after,
-        created_before: a.created_before,
-        updated_after: a.updated_after,
-        updated_before: a.updated_before,
-    };
     let q = StatsQuery {
-        filter: (!filter.is_empty()).then_some(filter),
+        filter: a.filter.into_filter(),
         include_expired: a.include_expired,
     };
     let s = ctx.store.stats(&q).await.map_err(|e| ctx.err(e))?;
@@ -242,25 +230,12 @@ async fn stats(ctx: &Ctx, a: StatsArgs, out: &mut dyn Write) -> anyhow::Result<(
 /// `snapshot export`: pages through the store (following page tokens) into
 /// one archive object; the archive crate does the streaming.
 async fn export(ctx: &Ctx, a: ExportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let filter = OverwriteFilter {
-        offer_type: a.offer_type,
-        collateral_token: a.collateral_token,
-        borrow_token: a.borrow_token,
-        lender_address: a.lender,
-        liquidity_source: a.liquidity_source,
-        source: a.source,
-        created_after: a.created_after,
-        created_before: a.created_before,
-        updated_after: a.updated_after,
-        updated_before: a.updated_before,
-    };
-    let s =
-        offer_archive::export_snapshot(&ctx.store, &a.to, (!filter.is_empty()).then_some(filter))
-            .await
-            .map_err(|e| match e {
-                offer_archive::ArchiveError::Store(e) => ctx.err(e),
-                e => anyhow!("{}", one_line(&e.to_string())),
-            })?;
+    let s = offer_archive::export_snapshot(&ctx.store, &a.to, a.filter.into_filter())
+        .await
+        .map_err(|e| match e {
+            offer_archive::ArchiveError::Store(e) => ctx.err(e),
+            e => anyhow!("{}", one_line(&e.to_string())),
+        })?;
     let text = if ctx.json {
         format!(
             "{}\n",
