@@ -1,15 +1,11 @@
 //! A realistic 10 000-offer `BulkCreateOrUpdateMarginOffersRequest` (base58
 //! ids and mints, a few hundred mints, 3 offer types, 10 sources, optional
-//! fields mostly set), decoded three ways:
+//! fields mostly set), decoded two ways:
 //!
 //! - `prost_decode` (the floor): plain `prost::Message::decode` of the bytes.
 //! - `decode_convert_validate`: what the store runs on a bulk request:
 //!   decode, [`bulk_offers_from_pb`] to domain offers, `validate_offer` on
 //!   each (the store's planner validates every item).
-//! - `service_convert_items`: the same with the conversion the service
-//!   uses today (`convert_items` in store-service: a copy of each id up front,
-//!   then `offer_from_pb`), for the gain of switching it to
-//!   `bulk_offers_from_pb`.
 //!
 //! Each variant's output is dropped inside its timing, as a server drops the
 //! request. Variants run interleaved, round after round; each figure is the
@@ -24,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use offer_domain::validate::validate_offer;
 use offer_domain::{FieldError, MarginOffer};
-use offer_proto::convert::{bulk_offers_from_pb, offer_from_pb};
+use offer_proto::convert::bulk_offers_from_pb;
 use offer_proto::pb;
 use prost::Message;
 
@@ -99,23 +95,6 @@ fn decode_convert_validate(bytes: &[u8]) -> usize {
     validate_all(offers).map(|o| o.len()).unwrap_or(0)
 }
 
-/// store-service's `convert_items` on its success path, as of this bench.
-fn service_convert_items(bytes: &[u8]) -> usize {
-    let Ok(r) = pb::BulkCreateOrUpdateMarginOffersRequest::decode(bytes) else {
-        return 0;
-    };
-    let converted: Vec<(String, Result<MarginOffer, FieldError>)> = r
-        .offers
-        .into_iter()
-        .map(|p| (p.id.clone(), offer_from_pb(p)))
-        .collect();
-    if !converted.iter().all(|(_, r)| r.is_ok()) {
-        return 0;
-    }
-    let offers: Vec<MarginOffer> = converted.into_iter().filter_map(|(_, r)| r.ok()).collect();
-    validate_all(offers).map(|o| o.len()).unwrap_or(0)
-}
-
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -129,10 +108,9 @@ fn main() {
         .max(1);
     let bytes = request();
     type Variant = (&'static str, fn(&[u8]) -> usize);
-    let variants: [Variant; 3] = [
+    let variants: [Variant; 2] = [
         ("prost_decode", prost_decode),
         ("decode_convert_validate", decode_convert_validate),
-        ("service_convert_items", service_convert_items),
     ];
     for (name, run) in &variants {
         assert_eq!(run(&bytes), OFFERS, "{name} must accept every offer");
