@@ -603,3 +603,35 @@ async fn in_place_overwrite_updates_keep_indexes_consistent() {
     });
     assert_eq!(check, "ok");
 }
+
+/// `get` runs on the caller's thread only when a reader is idle; with every
+/// reader busy it must queue on the pool instead of failing or blocking the
+/// runtime thread, and finish once a reader frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_waits_for_a_reader_when_all_are_busy() {
+    let (_dir, store) = open_temp().await;
+    store.create(offer(1), &ctx()).await.unwrap();
+    assert_eq!(store.get("offer-00001").await.unwrap().id, "offer-00001");
+
+    let busy: Vec<_> = store.inner.readers.iter().map(|r| r.lock()).collect();
+    let pending = tokio::spawn({
+        let store = store.clone();
+        async move { store.get("offer-00001").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !pending.is_finished(),
+        "get must wait while every reader is busy"
+    );
+    drop(busy);
+    let found = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("get finishes once a reader is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, "offer-00001");
+    assert!(matches!(
+        store.get("missing").await,
+        Err(StoreError::NotFound { id }) if id == "missing"
+    ));
+}
