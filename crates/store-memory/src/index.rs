@@ -12,12 +12,14 @@
 
 use crate::stored::{Stored, sort_key, time_bits};
 use offer_domain::{OfferType, SortField, SortOrder, Timestamp};
+use parking_lot::Mutex;
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 /// Sort fields with an ordered index over the whole book.
 pub(crate) const GLOBAL_ORDERED: &[SortField] = &[SortField::CreatedTimestamp];
@@ -189,6 +191,8 @@ pub(crate) struct Bucket {
     pub ordered: Vec<(SortField, Ordered)>,
     /// The member list of a field without ordered indexes.
     set: HashSet<ById>,
+    /// Members whose expiry lies before the sweep point (`Expiry`).
+    expired: AtomicUsize,
 }
 
 impl Bucket {
@@ -196,6 +200,7 @@ impl Bucket {
         Bucket {
             ordered: field.sorts().map(|s| (s, Ordered::new())).collect(),
             set: HashSet::new(),
+            expired: AtomicUsize::new(0),
         }
     }
 
@@ -274,6 +279,35 @@ fn value_of(o: &Stored, field: EqField) -> Option<Value> {
     }
 }
 
+/// The bucket key of `o` for `field`, borrowed.
+fn text_of(o: &Stored, field: EqField) -> Option<&str> {
+    match field {
+        EqField::OfferType => Some(o.offer_type.as_str()),
+        EqField::CollateralToken => Some(&o.collateral_token),
+        EqField::BorrowToken => Some(&o.borrow_token),
+        EqField::LiquiditySource => Some(&o.liquidity_source),
+        EqField::LenderAddress => o.lender_address.as_deref(),
+        EqField::Source => o.source.as_deref(),
+    }
+}
+
+/// How many offers, per bucket and in all, have expired as of the sweep
+/// point: a `total` subtracts this instead of visiting every expired offer
+/// (at a million offers that visit was 30 ms per list).
+///
+/// Offers expire by the clock, not by writes, so readers move the sweep
+/// point to their `now` (under `point`; the counters are atomics because
+/// readers share the state), counting the offers whose expiry they pass.
+/// Writers, holding the state exclusively, count an offer they add or
+/// remove if its expiry lies before the sweep point.
+#[derive(Default)]
+pub(crate) struct Expiry {
+    /// Expiry key (`time_bits`) below which offers are counted as expired.
+    point: Mutex<u64>,
+    /// Expired offers in the whole book.
+    total: AtomicUsize,
+}
+
 pub(crate) struct Indexes {
     pub global: Vec<(SortField, Ordered)>,
     /// Per `EqField::ALL` entry: value → bucket.
@@ -282,6 +316,7 @@ pub(crate) struct Indexes {
     pub expiring: Ordered,
     /// Offers `active_only` leaves out.
     pub inactive: HashSet<ById>,
+    expiry: Expiry,
 }
 
 impl Default for Indexes {
@@ -294,6 +329,7 @@ impl Default for Indexes {
             buckets: Default::default(),
             expiring: Ordered::new(),
             inactive: HashSet::new(),
+            expiry: Expiry::default(),
         }
     }
 }
@@ -305,6 +341,12 @@ fn expiry_key(o: &Stored) -> Option<u64> {
 impl Indexes {
     /// Moves an offer from `old` to `new` (either absent: insert or remove).
     pub fn update(&mut self, old: Option<&Arc<Stored>>, new: Option<&Arc<Stored>>) {
+        let point = *self.expiry.point.get_mut();
+        let swept = |o: &Arc<Stored>| expiry_key(o).is_some_and(|k| k < point);
+        let old_swept = old.is_some_and(&swept);
+        let new_swept = new.is_some_and(&swept);
+        let total = self.expiry.total.get_mut();
+        *total = *total - usize::from(old_swept) + usize::from(new_swept);
         for (by, index) in &mut self.global {
             let at = |o: &Arc<Stored>| sort_key(o, *by).unwrap_or_default();
             reindex(index, old.map(|o| (at(o), o)), new.map(|n| (at(n), n)));
@@ -315,6 +357,8 @@ impl Indexes {
             if old_value == new_value {
                 if let Some(bucket) = new_value.and_then(|v| map.get_mut(&v)) {
                     bucket.update(old, new);
+                    let expired = bucket.expired.get_mut();
+                    *expired = *expired - usize::from(old_swept) + usize::from(new_swept);
                 }
                 continue;
             }
@@ -322,14 +366,15 @@ impl Indexes {
                 && let Some(bucket) = map.get_mut(&v)
             {
                 bucket.update(old, None);
+                *bucket.expired.get_mut() -= usize::from(old_swept);
                 if bucket.len() == 0 {
                     map.remove(&v);
                 }
             }
             if let Some(v) = new_value {
-                map.entry(v)
-                    .or_insert_with(|| Bucket::new(field))
-                    .update(None, new);
+                let bucket = map.entry(v).or_insert_with(|| Bucket::new(field));
+                bucket.update(None, new);
+                *bucket.expired.get_mut() += usize::from(new_swept);
             }
         }
         let old_expiry = old.and_then(|o| expiry_key(o).map(|k| (k, o)));
@@ -353,15 +398,44 @@ impl Indexes {
         self.global.iter().find(|(s, _)| *s == by).map(|(_, i)| i)
     }
 
-    /// Offers whose expiry lies before `now`, i.e. expired.
-    pub fn expired(&self, now: Timestamp) -> impl Iterator<Item = &Arc<Stored>> {
-        let end = Probe {
-            key: time_bits(now.as_nanos()),
-            id: "",
+    /// The offers of `bucket` (or of the book) expired at `now`.
+    ///
+    /// Moves the sweep point to `now` first, counting (or, if the clock went
+    /// back, uncounting) the offers whose expiry lies between the two: each
+    /// offer is visited about once in its life instead of once per list.
+    pub fn expired_count(&self, bucket: Option<&Bucket>, now: Timestamp) -> usize {
+        let mut point = self.expiry.point.lock();
+        let target = time_bits(now.as_nanos());
+        let (from, to, step): (u64, u64, fn(&AtomicUsize)) = match target.cmp(&point) {
+            Ordering::Greater => (*point, target, |c| {
+                c.fetch_add(1, AtomicOrdering::Relaxed);
+            }),
+            Ordering::Less => (target, *point, |c| {
+                c.fetch_sub(1, AtomicOrdering::Relaxed);
+            }),
+            Ordering::Equal => (target, target, |_| {}),
         };
-        self.expiring
-            .range::<dyn Position, _>((Bound::Unbounded, Bound::Excluded(&end as &dyn Position)))
-            .map(|e| &e.offer)
+        if from < to {
+            let start = Probe { key: from, id: "" };
+            let end = Probe { key: to, id: "" };
+            let passed = self.expiring.range::<dyn Position, _>((
+                Bound::Included(&start as &dyn Position),
+                Bound::Excluded(&end as &dyn Position),
+            ));
+            for e in passed {
+                step(&self.expiry.total);
+                for (field, map) in EqField::ALL.into_iter().zip(&self.buckets) {
+                    if let Some(b) = text_of(&e.offer, field).and_then(|v| map.get(v)) {
+                        step(&b.expired);
+                    }
+                }
+            }
+            *point = target;
+        }
+        // Read under the lock: another reader may move the point meanwhile.
+        bucket
+            .map_or(&self.expiry.total, |b| &b.expired)
+            .load(AtomicOrdering::Relaxed)
     }
 }
 
@@ -502,5 +576,123 @@ pub(crate) fn walk(
     match outcome {
         Err(Stop::OverBudget) => Walk::OverBudget,
         Ok(()) | Err(Stop::Full) => Walk::Page(c.page),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::stored::Interner;
+    use offer_domain::MarginOffer;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const DAY: i64 = 86_400 * 1_000_000_000;
+
+    /// One write: offer `id` (of 12) set to a token, a type and an expiry
+    /// of `days` days after creation at day `created` (no term: `None`),
+    /// or removed.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Put {
+            id: u8,
+            token: u8,
+            kind: u8,
+            created: i64,
+            days: Option<i32>,
+        },
+        Remove {
+            id: u8,
+        },
+        /// A reader's `now`, in days (may go back: clocks do).
+        Count {
+            now: i64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                0..12u8,
+                0..3u8,
+                0..3u8,
+                0..20i64,
+                proptest::option::of(1..10i32)
+            )
+                .prop_map(|(id, token, kind, created, days)| Op::Put {
+                    id,
+                    token,
+                    kind,
+                    created,
+                    days
+                }),
+            (0..12u8).prop_map(|id| Op::Remove { id }),
+            (0..40i64).prop_map(|now| Op::Count { now }),
+        ]
+    }
+
+    fn offer(id: u8, token: u8, kind: u8, created: i64, days: Option<i32>) -> MarginOffer {
+        let mut o = MarginOffer::example(format!("o{id}"));
+        o.borrow_token = format!("T{token}");
+        o.offer_type = OfferType::ALL[usize::from(kind)];
+        o.term_days = days;
+        o.created_timestamp = Some(Timestamp(created * DAY));
+        o
+    }
+
+    proptest! {
+        /// The swept counters equal a count of the offers expired at `now`,
+        /// per bucket and in all, whatever order writes and reader clocks
+        /// (forward or back) come in.
+        #[test]
+        fn expired_counts_match_a_scan(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut indexes = Indexes::default();
+            let mut strings = Interner::default();
+            let mut book: HashMap<u8, Arc<Stored>> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Put { id, token, kind, created, days } => {
+                        let new = Arc::new(Stored::new(&offer(id, token, kind, created, days), &mut strings));
+                        let old = book.insert(id, new.clone());
+                        indexes.update(old.as_ref(), Some(&new));
+                    }
+                    Op::Remove { id } => {
+                        if let Some(old) = book.remove(&id) {
+                            indexes.update(Some(&old), None);
+                        }
+                    }
+                    Op::Count { now } => {
+                        let now = Timestamp(now * DAY + 1);
+                        let expired = |o: &&Arc<Stored>| o.is_expired(now);
+                        prop_assert_eq!(
+                            indexes.expired_count(None, now),
+                            book.values().filter(expired).count()
+                        );
+                        for token in ["T0", "T1", "T2"] {
+                            let want = book
+                                .values()
+                                .filter(|o| &*o.borrow_token == token)
+                                .filter(expired)
+                                .count();
+                            let bucket = indexes.bucket(EqField::BorrowToken, token);
+                            let have = bucket.map_or(0, |b| indexes.expired_count(Some(b), now));
+                            prop_assert_eq!(have, want, "borrow token {}", token);
+                        }
+                        for kind in OfferType::ALL {
+                            let want = book
+                                .values()
+                                .filter(|o| o.offer_type == kind)
+                                .filter(expired)
+                                .count();
+                            let bucket = indexes.bucket(EqField::OfferType, kind.as_str());
+                            let have = bucket.map_or(0, |b| indexes.expired_count(Some(b), now));
+                            prop_assert_eq!(have, want, "offer type {}", kind.as_str());
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -358,7 +358,7 @@ impl State {
 
     /// `total` as an index size minus the offers expiry and `active_only`
     /// leave out, when the filter is at most one equality condition; `None`
-    /// when it is more, or when the excluded offers outnumber the candidates.
+    /// when it is more, or when the inactive offers outnumber the candidates.
     fn total_from_indexes(
         &self,
         q: &ListQuery,
@@ -371,8 +371,12 @@ impl State {
             return None;
         }
         let base = bucket.map_or(self.offers.len(), Bucket::len);
+        let mut excluded = if q.include_expired {
+            0
+        } else {
+            self.indexes.expired_count(bucket, now)
+        };
         let mut read = 0usize;
-        let mut excluded = 0usize;
         let mut count = |o: &Stored, also_expired: bool| {
             read += 1;
             if o.matches(f) && !also_expired {
@@ -380,13 +384,6 @@ impl State {
             }
             read <= base
         };
-        if !q.include_expired {
-            for o in self.indexes.expired(now) {
-                if !count(o, false) {
-                    return None;
-                }
-            }
-        }
         if q.active_only {
             for b in &self.indexes.inactive {
                 // Counted above already when expired.
