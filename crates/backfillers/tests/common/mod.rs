@@ -11,17 +11,18 @@ use offer_domain::OverwriteFilter;
 use offer_store::MarginOfferStore;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store_client::GrpcStore;
+pub use store_testkit::Lines;
+use store_testkit::StoreProcess;
 
 pub const BACKFILLERS: &str = env!("CARGO_BIN_EXE_backfillers");
 
-/// Variables of both binaries a developer's shell may set.
+/// Variables of the `backfillers` binary a developer's shell may set.
 const ENV_VARS: &[&str] = &[
     "STORE_ADDR",
     "BACKFILL_CONFIG",
@@ -33,45 +34,7 @@ const ENV_VARS: &[&str] = &[
     "LOG_FORMAT",
     "LOG_LEVEL",
     "RUST_LOG",
-    "STORE_GRPC_ADDRESS",
-    "STORE_HTTP_ADDRESS",
-    "DATABASE_URL",
 ];
-
-/// The `store` binary. Cargo builds binaries only for their own package's
-/// tests, so it is built here (`STORE_BIN` overrides), into the target
-/// directory this test runs from; store-server being a dev-dependency, that
-/// is normally just a link step.
-pub fn store_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("STORE_BIN") {
-            return PathBuf::from(p);
-        }
-        // .../target/<profile>/deps/<test exe>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap();
-        let bin = profile_dir.join("store");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "store-server", "--bin", "store"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status();
-        assert!(
-            bin.exists(),
-            "store binary missing at {} (cargo build: {status:?})",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
-}
 
 fn clean(cmd: &mut Command) -> &mut Command {
     for v in ENV_VARS {
@@ -80,102 +43,26 @@ fn clean(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
-/// Collects a child's output lines and lets a test wait for one.
-#[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn follow(&self, r: impl std::io::Read + Send + 'static, tx: Option<mpsc::Sender<String>>) {
-        let lines = self.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(r).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line.clone());
-                if let Some(tx) = &tx {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-    }
-
-    pub fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    pub fn text(&self) -> String {
-        self.all().join("\n")
-    }
-
-    pub fn contains(&self, needle: &str) -> bool {
-        self.all().iter().any(|l| l.contains(needle))
-    }
-
-    pub async fn wait_for(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no line containing {needle:?} within {timeout:?}; lines:\n{}",
-                self.text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// A running `store` on SQLite.
 pub struct Store {
-    child: Child,
+    process: StoreProcess,
     pub grpc: SocketAddr,
     pub db: PathBuf,
-    pub logs: Lines,
 }
 
 impl Store {
     /// Starts on `port` (0: any free port) over the database file `db`.
     pub fn start(db: &Path, port: u16) -> Store {
-        let mut cmd = Command::new(store_bin());
-        clean(&mut cmd)
-            .env("LOG_LEVEL", "info")
-            .args(["--addr", &format!("127.0.0.1:{port}")])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--database-url", &format!("sqlite://{}", db.display())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn store");
-        let logs = Lines::default();
-        let (tx, rx) = mpsc::channel();
-        logs.follow(child.stdout.take().unwrap(), Some(tx));
-        logs.follow(child.stderr.take().unwrap(), None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let grpc = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(a) = line
-                        .split("grpc listening on ")
-                        .nth(1)
-                        .and_then(|s| s.trim().parse().ok())
-                    {
-                        break a;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("store did not start: {}", logs.text());
-                }
-            }
-        };
+        let process = StoreProcess::start_sqlite(db, port);
         Store {
-            child,
-            grpc,
+            grpc: process.grpc,
+            process,
             db: db.to_path_buf(),
-            logs,
         }
     }
 
     pub fn addr(&self) -> String {
-        self.grpc.to_string()
+        self.process.addr()
     }
 
     pub async fn client(&self) -> GrpcStore {
@@ -184,14 +71,7 @@ impl Store {
 
     /// SIGKILL.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.kill9();
+        self.process.kill9();
     }
 }
 

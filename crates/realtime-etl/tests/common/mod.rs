@@ -1,12 +1,9 @@
 //! Test helpers: the real `store` binary, and a Solana pubsub server of our own.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use store_testkit::StoreProcess;
 
 use base64::Engine as _;
 use futures::{SinkExt as _, StreamExt as _};
@@ -16,100 +13,21 @@ use solana_sources::rpc::Account;
 use tokio::sync::mpsc as ampsc;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The `store` binary: `$STORE_BIN`, else built with cargo into the target
-/// directory these tests run from (as crates/offersctl/tests do).
-pub fn store_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("STORE_BIN") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "store-server", "--bin", "store"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().unwrap().success(),
-            "cargo build -p store-server failed"
-        );
-        profile_dir.join("store")
-    })
-    .clone()
-}
-
 /// A running `store` on a temporary SQLite database.
 pub struct Store {
-    child: Child,
-    pub grpc: SocketAddr,
+    process: StoreProcess,
     _dir: tempfile::TempDir,
 }
 
 impl Store {
     pub fn start() -> Store {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/offers.db", dir.path().display());
-        let mut cmd = Command::new(store_bin());
-        for v in [
-            "STORE_GRPC_ADDRESS",
-            "STORE_HTTP_ADDRESS",
-            "DATABASE_URL",
-            "LOG_FORMAT",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(v);
-        }
-        let mut child = cmd
-            .args(["--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(["--database-url", &url])
-            .env("LOG_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let grpc = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("store did not start");
-            let marker = "grpc listening on ";
-            if let Some(i) = line.find(marker) {
-                let rest = &line[i + marker.len()..];
-                if let Some(a) = rest.split_whitespace().next().and_then(|a| a.parse().ok()) {
-                    break a;
-                }
-            }
-        };
-        Store {
-            child,
-            grpc,
-            _dir: dir,
-        }
+        let process = StoreProcess::start_sqlite(&dir.path().join("offers.db"), 0);
+        Store { process, _dir: dir }
     }
 
     pub fn addr(&self) -> String {
-        self.grpc.to_string()
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.addr()
     }
 }
 

@@ -5,48 +5,28 @@ pub mod pg;
 
 use offer_proto::pb;
 use offer_proto::pb::margin_offer_service_client::MarginOfferServiceClient;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output};
+use std::time::Duration;
+use store_testkit::StoreProcess;
 use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_store");
 
-/// Environment variables of the binary that a developer's shell may set.
-const ENV_VARS: &[&str] = &[
-    "STORE_GRPC_ADDRESS",
-    "STORE_HTTP_ADDRESS",
-    "DATABASE_URL",
-    "STORE_MAX_BULK_ITEMS",
-    "STORE_MAX_MESSAGE_BYTES",
-    "LOG_FORMAT",
-    "LOG_LEVEL",
-    "RUST_LOG",
-    "STORE_SHUTDOWN_TIMEOUT",
-    "STORE_PG_POOL_SIZE",
-    "STORE_PG_STATEMENT_TIMEOUT",
-    "STORE_ARCHIVE_URL",
-    "STORE_ARCHIVE_EVERY",
-];
-
 pub fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for v in ENV_VARS {
-        cmd.env_remove(v);
-    }
-    cmd.env("LOG_LEVEL", "info").args(args);
-    cmd
+    store_testkit::store_command(Path::new(BIN), args)
 }
 
-/// A running `store` process with its log lines collected.
-pub struct Server {
-    child: Child,
-    pub grpc: SocketAddr,
-    pub http: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
+/// This package's `store` binary, running, with its output collected.
+pub struct Server(StoreProcess);
+
+impl std::ops::Deref for Server {
+    type Target = StoreProcess;
+    fn deref(&self) -> &StoreProcess {
+        &self.0
+    }
 }
 
 impl Server {
@@ -63,73 +43,7 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str]) -> Server {
-        let mut child = command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn store");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        {
-            let out = child.stdout.take().unwrap();
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    logs.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        {
-            let mut err = child.stderr.take().unwrap();
-            let stderr = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    stderr
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let (mut grpc, mut http) = (None, None);
-        while grpc.is_none() || http.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    grpc = grpc.or_else(|| addr_after(&line, "grpc listening on "));
-                    http = http.or_else(|| addr_after(&line, "http listening on "));
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    std::thread::sleep(Duration::from_millis(100));
-                    panic!(
-                        "store did not start; stderr: {}; logs: {:?}",
-                        stderr.lock().unwrap(),
-                        logs.lock().unwrap()
-                    );
-                }
-            }
-        }
-        Server {
-            child,
-            grpc: grpc.unwrap(),
-            http: http.unwrap(),
-            logs,
-            stderr,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        Server(StoreProcess::start(Path::new(BIN), args))
     }
 
     pub async fn client(&self) -> MarginOfferServiceClient<Channel> {
@@ -140,88 +54,26 @@ impl Server {
 
     /// SIGKILL: no chance to flush or close anything.
     pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.0.kill9();
     }
 
-    /// Sends `signal` (e.g. "TERM") with kill(1) and waits for the exit.
-    pub fn signal_and_wait(mut self, signal: &str) -> (ExitStatus, Vec<String>, String) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
-        let status = wait_timeout(&mut self.child, Duration::from_secs(60))
-            .expect("store did not exit after the signal");
-        // Let the reader threads drain the pipes.
-        std::thread::sleep(Duration::from_millis(200));
-        (status, self.logs(), self.stderr())
+    /// Sends `signal` (e.g. "TERM") and waits for the exit.
+    pub fn signal_and_wait(self, signal: &str) -> (ExitStatus, Vec<String>, String) {
+        self.0.signal_and_wait(signal)
     }
 
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
+        self.0.logs.all()
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        self.0.stderr.text()
     }
 }
 
 /// Runs the binary to its exit (killing it after `timeout`), output captured.
 pub fn run_to_exit(args: &[&str], timeout: Duration) -> Output {
-    let mut child = command(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn store");
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || read_all(out));
-    let err_t = std::thread::spawn(move || read_all(err));
-    let status = wait_timeout(&mut child, timeout)
-        .unwrap_or_else(|| panic!("store {args:?} did not exit within {timeout:?}"));
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
-}
-
-fn read_all(mut r: impl Read) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v);
-    v
+    store_testkit::output_within(&mut command(args), timeout)
 }
 
 /// A plain HTTP/1.1 GET: (status, body).
