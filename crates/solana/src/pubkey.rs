@@ -221,7 +221,7 @@ const LIMB_WEIGHTS: [[u64; 8]; LIMBS] = {
 /// five8 implements it, without its per-character branches: digits are
 /// looked up once into nine limbs of 58^5, and the limbs times their
 /// weights in 2^32 words give the bytes, with no carry chain across digits.
-fn decode_32(text: &[u8]) -> Option<[u8; 32]> {
+pub(crate) fn decode_32(text: &[u8]) -> Option<[u8; 32]> {
     // 32 zero bytes are 32 '1's; 2^256 - 1 is 44 digits.
     if !(32..=44).contains(&text.len()) {
         return None;

@@ -10,7 +10,8 @@
 //! - Parsing: a `getProgramAccounts` response can be tens of MB. It is read
 //!   once, straight from the bytes, by a strict hand-written scanner
 //!   (`scan`): strings are borrowed from the body, the repeated owner is
-//!   decoded once, and each account's data is base64-decoded into one buffer
+//!   decoded once, the layout nodes emit takes a fixed-text fast path, and
+//!   each account's data is base64-decoded (SIMD) into one buffer
 //!   reused for every account ([`RpcClient::for_each_program_account`],
 //!   [`AccountRef`]), so a caller that decodes accounts in place allocates
 //!   nothing per account. Smaller responses go through serde into typed

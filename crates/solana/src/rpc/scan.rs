@@ -5,8 +5,12 @@
 //! the account data itself, so these responses are read by hand: keys are
 //! compared as raw bytes, strings are borrowed from the body (copied only
 //! when they hold escapes), unknown members are skipped without building
-//! anything, and the repeated `owner` is decoded once. Everything else in
-//! the module (small responses, error objects) stays on serde.
+//! anything, and the repeated `owner` is decoded once. Each keyed account
+//! is first tried in the exact compact layout RPC nodes emit, compared as
+//! fixed text around the values; any other layout, and any error, is read
+//! again by the general reader, so both accept and refuse alike (tested).
+//! Everything else in the module (small responses, error objects) stays on
+//! serde.
 //!
 //! Strict means what serde_json rejects is rejected here too: bad syntax,
 //! raw control characters in strings, bad escapes, duplicate fields that
@@ -395,6 +399,11 @@ fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
         .map(|i| at + i)
 }
 
+/// The length range of a 32-byte key's base58 text: 32 zero bytes are 32
+/// '1's, 2^256 - 1 is 44 digits.
+const KEY_TEXT_MIN: usize = 32;
+const KEY_TEXT_MAX: usize = 44;
+
 /// A cursor for [`AccountReader::exact_keyed_account`]: every read is
 /// `None` where the text is not exactly what is expected.
 struct Exact<'a> {
@@ -410,7 +419,9 @@ impl<'a> Exact<'a> {
     }
 
     /// Consumes `text` if the input continues with it.
-    #[inline]
+    // Always inlined: with `text` a constant the compare is a few loads, not
+    // a call to memcmp.
+    #[inline(always)]
     fn lit(&mut self, text: &[u8]) -> bool {
         let found = self.bytes[self.pos..].starts_with(text);
         if found {
@@ -430,34 +441,40 @@ impl<'a> Exact<'a> {
         found
     }
 
-    #[inline]
+    #[inline(always)]
     fn expect(&mut self, text: &[u8]) -> Option<()> {
         self.lit(text).then_some(())
     }
 
-    /// The content of a string whose opening quote is consumed, up to and
-    /// past its closing quote; `None` if it has an escape.
-    fn text_with(&mut self, find_end: impl Fn(&[u8]) -> Option<usize>) -> Option<&'a [u8]> {
+    /// Base64 text up to and past its closing quote. An escape is not
+    /// looked for: a backslash (or an escaped quote) is outside the base64
+    /// alphabet and fails the decoding, as any other bad text.
+    fn base64_text(&mut self) -> Option<&'a [u8]> {
         let rest = &self.bytes[self.pos..];
-        let n = find_end(rest)?;
-        if rest[n] != b'"' {
-            return None;
-        }
+        let n = memchr::memchr(b'"', rest)?;
         self.pos += n + 1;
         Some(&rest[..n])
     }
 
-    fn long_text(&mut self) -> Option<&'a [u8]> {
-        self.text_with(|rest| memchr::memchr2(b'"', b'\\', rest))
+    /// A base58 key's text and closing quote. The text of a 32-byte key is
+    /// 32 to 44 characters, so the quote is looked for only there: a quote
+    /// or backslash before it, being outside the base58 alphabet, fails the
+    /// decoding like any other bad text.
+    fn key(&mut self) -> Option<(&'a [u8], Pubkey)> {
+        let rest = &self.bytes[self.pos..];
+        let window = rest.get(KEY_TEXT_MIN..)?;
+        let n = KEY_TEXT_MIN
+            + window[..window.len().min(KEY_TEXT_MAX + 1 - KEY_TEXT_MIN)]
+                .iter()
+                .position(|&b| b == b'"')?;
+        let text = &rest[..n];
+        let key = crate::pubkey::decode_32(text)?;
+        self.pos += n + 1;
+        Some((text, Pubkey(key)))
     }
 
-    fn short_text(&mut self) -> Option<&'a [u8]> {
-        self.text_with(find_quote_or_backslash)
-    }
-
-    /// A base58 key's text and closing quote.
     fn pubkey(&mut self) -> Option<Pubkey> {
-        Pubkey::from_base58(self.short_text()?).ok()
+        self.key().map(|(_, key)| key)
     }
 
     /// A non-negative integer that fits u64, as [`Scanner::u64`] reads it.
@@ -465,19 +482,21 @@ impl<'a> Exact<'a> {
     /// refused there.
     fn u64(&mut self) -> Option<u64> {
         let rest = &self.bytes[self.pos..];
-        let digits = rest.iter().position(|b| !b.is_ascii_digit())?;
+        let mut v: u64 = 0;
+        let mut digits = 0;
+        while let Some(d) = rest.get(digits).map(|c| c.wrapping_sub(b'0'))
+            && d <= 9
+        {
+            // Up to 19 digits cannot overflow; only a 20th needs checking.
+            v = if digits < 19 {
+                v * 10 + u64::from(d)
+            } else {
+                v.checked_mul(10)?.checked_add(u64::from(d))?
+            };
+            digits += 1;
+        }
         if digits == 0 || (digits > 1 && rest[0] == b'0') {
             return None;
-        }
-        let digit = |d: &u8| u64::from(d - b'0');
-        // Up to 19 digits cannot overflow; only a 20th needs checking.
-        let (head, last) = rest[..digits].split_at(digits.min(19));
-        let mut v = head.iter().fold(0u64, |v, d| v * 10 + digit(d));
-        if let Some(d) = last.first() {
-            if last.len() > 1 {
-                return None;
-            }
-            v = v.checked_mul(10)?.checked_add(digit(d))?;
         }
         self.pos += digits;
         Some(v)
@@ -727,7 +746,7 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
     /// "owner":"..","rentEpoch":..,"space":..}` for [`Self::exact_keyed_account`].
     fn exact_account(&mut self, c: &mut Exact<'_>) -> Option<(u64, Pubkey, bool)> {
         c.expect(br#"{"data":[""#)?;
-        let text = c.long_text()?;
+        let text = c.base64_text()?;
         c.expect(br#","base64"],"executable":"#)?;
         let executable = if c.lit(b"true") {
             true
@@ -745,8 +764,7 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
             // is the equal key.
             Some((cached, key)) if c.lit_string_end(cached) => *key,
             _ => {
-                let text = c.short_text()?;
-                let key = Pubkey::from_base58(text).ok()?;
+                let (text, key) = c.key()?;
                 *self.owner = Some((text.to_vec(), key));
                 key
             }
