@@ -183,30 +183,30 @@ const BASE58_DIGITS: [u8; 256] = {
     table
 };
 
-/// Base58 digits per limb of the intermediate form: 58^5 < 2^30.
-const DIGITS_PER_LIMB: usize = 5;
-/// Limbs of 58^5 that hold the 44 digits of the longest key text (45 with
-/// a leading zero digit).
-const LIMBS: usize = 9;
+/// Base58 digits per limb of the intermediate form: 58^10 < 2^59.
+const DIGITS_PER_LIMB: usize = 10;
+/// Limbs of 58^10 that hold the 44 digits of the longest key text (50 with
+/// leading zero digits).
+const LIMBS: usize = 5;
 
-/// Row `i`: 58^(5·(8−i)), the weight of limb `i`, as eight 32-bit words,
+/// Row `i`: 58^(10·(4−i)), the weight of limb `i`, as four 64-bit words,
 /// most significant first.
-const LIMB_WEIGHTS: [[u64; 8]; LIMBS] = {
-    let mut table = [[0u64; 8]; LIMBS];
+const LIMB_WEIGHTS: [[u64; 4]; LIMBS] = {
+    let mut table = [[0u64; 4]; LIMBS];
     let mut i = 0;
     while i < LIMBS {
-        let mut words = [0u64; 8];
-        words[7] = 1;
+        let mut words = [0u64; 4];
+        words[3] = 1;
         let mut e = 0;
-        // 58^40 < 2^235: the power fits the eight words.
+        // 58^40 < 2^235: the power fits the four words.
         while e < DIGITS_PER_LIMB * (LIMBS - 1 - i) {
-            let mut carry = 0;
-            let mut k = 8;
+            let mut carry = 0u128;
+            let mut k = 4;
             while k > 0 {
                 k -= 1;
-                let v = words[k] * 58 + carry;
-                words[k] = v & 0xffff_ffff;
-                carry = v >> 32;
+                let v = words[k] as u128 * 58 + carry;
+                words[k] = v as u64;
+                carry = v >> 64;
             }
             e += 1;
         }
@@ -217,10 +217,10 @@ const LIMB_WEIGHTS: [[u64; 8]; LIMBS] = {
 };
 
 /// The 32 bytes that base58 `text` canonically encodes, or `None` for
-/// anything else (the caller then asks bs58 why). Firedancer's method, as
-/// five8 implements it, without its per-character branches: digits are
-/// looked up once into nine limbs of 58^5, and the limbs times their
-/// weights in 2^32 words give the bytes, with no carry chain across digits.
+/// anything else (the caller then asks bs58 why). Firedancer's method (as
+/// in five8), widened: digits are looked up once, without branches, into
+/// five limbs of 58^10, and the limbs times their weights in 2^64 words
+/// give the bytes; no carry chain runs across digits.
 pub(crate) fn decode_32(text: &[u8]) -> Option<[u8; 32]> {
     // 32 zero bytes are 32 '1's; 2^256 - 1 is 44 digits.
     if !(32..=44).contains(&text.len()) {
@@ -240,29 +240,29 @@ pub(crate) fn decode_32(text: &[u8]) -> Option<[u8; 32]> {
     if invalid & 0x80 != 0 {
         return None;
     }
-    let mut words = [0u64; 8];
+    let horner = |ds: &[u8]| ds.iter().fold(0u64, |acc, &d| acc * 58 + u64::from(d));
+    let mut words = [0u128; 4];
     for (limb_digits, weight) in digits.chunks_exact(DIGITS_PER_LIMB).zip(&LIMB_WEIGHTS) {
-        let limb = limb_digits
-            .iter()
-            .fold(0u64, |acc, &d| acc * 58 + u64::from(d));
-        // limb < 2^30 and each weight word < 2^32; summed over the nine
-        // limbs each word stays below 2^64 (checked for this table in the
-        // tests).
+        // Two halves of five digits shorten the dependency chain.
+        let (high, low) = limb_digits.split_at(DIGITS_PER_LIMB / 2);
+        let limb = horner(high) * 58u64.pow(5) + horner(low);
+        // limb < 2^59 and each weight word < 2^64; summed over the five
+        // limbs each word stays below 2^128 (checked in the tests).
         for (word, &w) in words.iter_mut().zip(weight) {
-            *word += limb * w;
+            *word += u128::from(limb) * u128::from(w);
         }
     }
-    for i in (1..8).rev() {
-        words[i - 1] += words[i] >> 32;
-        words[i] &= 0xffff_ffff;
+    for i in (1..4).rev() {
+        words[i - 1] += words[i] >> 64;
+        words[i] &= u128::from(u64::MAX);
     }
     // Above 2^256 - 1: not a 32-byte value.
-    if words[0] > 0xffff_ffff {
+    if words[0] > u128::from(u64::MAX) {
         return None;
     }
     let mut out = [0u8; 32];
-    for (bytes, &word) in out.chunks_exact_mut(4).zip(&words) {
-        bytes.copy_from_slice(&(word as u32).to_be_bytes());
+    for (bytes, &word) in out.chunks_exact_mut(8).zip(&words) {
+        bytes.copy_from_slice(&(word as u64).to_be_bytes());
     }
     // Canonical text has one leading '1' per leading zero byte, no more
     // (bs58 would decode extra '1's into a longer key) and no fewer.
@@ -356,20 +356,22 @@ mod tests {
     }
 
     /// The column sums of `decode_32` cannot overflow: the largest limb
-    /// times each column of weights, summed, stays below 2^64.
+    /// times each column of weights, summed, stays below 2^128.
     #[test]
-    fn limb_products_fit_u64() {
+    fn limb_products_fit_u128() {
         let max_limb = 58u128.pow(DIGITS_PER_LIMB as u32) - 1;
-        for column in 0..8 {
-            let sum: u128 = LIMB_WEIGHTS
-                .iter()
-                .map(|row| max_limb * u128::from(row[column]))
-                .sum();
-            assert!(sum < 1 << 64, "column {column}");
+        assert!(max_limb < 1 << 64);
+        for column in 0..4 {
+            let sum = LIMB_WEIGHTS.iter().try_fold(0u128, |sum, row| {
+                max_limb
+                    .checked_mul(u128::from(row[column]))
+                    .and_then(|p| sum.checked_add(p))
+            });
+            assert!(sum.is_some(), "column {column}");
         }
-        // The last limb weighs 1; the first 58^40.
-        assert_eq!(LIMB_WEIGHTS[LIMBS - 1], [0, 0, 0, 0, 0, 0, 0, 1]);
-        assert_eq!(LIMB_WEIGHTS[LIMBS - 2], [0, 0, 0, 0, 0, 0, 0, 58u64.pow(5)]);
+        // The last limb weighs 1; the one before 58^10.
+        assert_eq!(LIMB_WEIGHTS[LIMBS - 1], [0, 0, 0, 1]);
+        assert_eq!(LIMB_WEIGHTS[LIMBS - 2], [0, 0, 0, 58u64.pow(10)]);
     }
 
     /// The decoder this module replaced, kept as the reference.
