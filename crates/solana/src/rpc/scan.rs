@@ -759,9 +759,10 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
         let lamports = c.u64()?;
         c.expect(br#","owner":""#)?;
         let owner = match &*self.owner {
-            // Canonical base58 of 32 bytes is unique (leading '1's are the
-            // zero bytes, the rest has no leading zero digit), so equal text
-            // is the equal key.
+            // Equal text is the equal key; and as a 32-byte key has one
+            // canonical text (the only one that decodes: a leading '1' per
+            // zero byte, then no leading zero digit), the cache hits for
+            // every account of the program.
             Some((cached, key)) if c.lit_string_end(cached) => *key,
             _ => {
                 let (text, key) = c.key()?;
