@@ -148,26 +148,127 @@ impl FromStr for Pubkey {
 impl Pubkey {
     /// Base58 text (as bytes) to a pubkey, with exactly the results of
     /// `bs58::decode(..).onto([0; 32])` and a length check. Account keys
-    /// were the hottest part of parsing a `getProgramAccounts` response, so
-    /// valid keys take five8's fixed-size decoder (Firedancer's algorithm,
-    /// about 9× bs58's byte-at-a-time loop); only a failure goes through
-    /// bs58, to report the same error as before.
+    /// are the costliest part of reading a `getProgramAccounts` response,
+    /// so valid keys take [`decode_32`]; only a failure goes through bs58,
+    /// to report the same error as before.
     pub fn from_base58(text: &[u8]) -> Result<Self, PubkeyError> {
-        let mut out = [0u8; 32];
-        if five8::decode_32(text, &mut out).is_ok() {
-            return Ok(Pubkey(out));
+        if let Some(key) = decode_32(text) {
+            return Ok(Pubkey(key));
         }
         let invalid = || PubkeyError::InvalidBase58(String::from_utf8_lossy(text).into_owned());
         // 32 bytes are at most 44 base58 chars; refuse longer input early.
         if text.len() > 44 {
             return Err(invalid());
         }
+        let mut out = [0u8; 32];
         match bs58::decode(text).onto(&mut out) {
             Ok(32) => Ok(Pubkey(out)),
             Ok(n) => Err(PubkeyError::WrongLength(n)),
             Err(_) => Err(invalid()),
         }
     }
+}
+
+/// The bitcoin base58 alphabet (Solana's).
+const BASE58_ALPHABET: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// Each byte's base58 digit value; 0xff for bytes outside the alphabet.
+const BASE58_DIGITS: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 58 {
+        table[BASE58_ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Base58 digits per limb of the intermediate form: 58^10 < 2^59.
+const DIGITS_PER_LIMB: usize = 10;
+/// Limbs of 58^10 that hold the 44 digits of the longest key text (50 with
+/// leading zero digits).
+const LIMBS: usize = 5;
+
+/// Row `i`: 58^(10·(4−i)), the weight of limb `i`, as four 64-bit words,
+/// most significant first.
+const LIMB_WEIGHTS: [[u64; 4]; LIMBS] = {
+    let mut table = [[0u64; 4]; LIMBS];
+    let mut i = 0;
+    while i < LIMBS {
+        let mut words = [0u64; 4];
+        words[3] = 1;
+        let mut e = 0;
+        // 58^40 < 2^235: the power fits the four words.
+        while e < DIGITS_PER_LIMB * (LIMBS - 1 - i) {
+            let mut carry = 0u128;
+            let mut k = 4;
+            while k > 0 {
+                k -= 1;
+                let v = words[k] as u128 * 58 + carry;
+                words[k] = v as u64;
+                carry = v >> 64;
+            }
+            e += 1;
+        }
+        table[i] = words;
+        i += 1;
+    }
+    table
+};
+
+/// The 32 bytes that base58 `text` canonically encodes, or `None` for
+/// anything else (the caller then asks bs58 why). Firedancer's method (as
+/// in five8), widened: digits are looked up once, without branches, into
+/// five limbs of 58^10, and the limbs times their weights in 2^64 words
+/// give the bytes; no carry chain runs across digits.
+pub(crate) fn decode_32(text: &[u8]) -> Option<[u8; 32]> {
+    // 32 zero bytes are 32 '1's; 2^256 - 1 is 44 digits.
+    if !(32..=44).contains(&text.len()) {
+        return None;
+    }
+    let mut digits = [0u8; DIGITS_PER_LIMB * LIMBS];
+    let mut invalid = 0u8;
+    for (digit, &c) in digits[DIGITS_PER_LIMB * LIMBS - text.len()..]
+        .iter_mut()
+        .zip(text)
+    {
+        let value = BASE58_DIGITS[usize::from(c)];
+        invalid |= value;
+        *digit = value;
+    }
+    // Digit values are below 58, so only a non-digit sets the top bit.
+    if invalid & 0x80 != 0 {
+        return None;
+    }
+    let horner = |ds: &[u8]| ds.iter().fold(0u64, |acc, &d| acc * 58 + u64::from(d));
+    let mut words = [0u128; 4];
+    for (limb_digits, weight) in digits.chunks_exact(DIGITS_PER_LIMB).zip(&LIMB_WEIGHTS) {
+        // Two halves of five digits shorten the dependency chain.
+        let (high, low) = limb_digits.split_at(DIGITS_PER_LIMB / 2);
+        let limb = horner(high) * 58u64.pow(5) + horner(low);
+        // limb < 2^59 and each weight word < 2^64; summed over the five
+        // limbs each word stays below 2^128 (checked in the tests).
+        for (word, &w) in words.iter_mut().zip(weight) {
+            *word += u128::from(limb) * u128::from(w);
+        }
+    }
+    for i in (1..4).rev() {
+        words[i - 1] += words[i] >> 64;
+        words[i] &= u128::from(u64::MAX);
+    }
+    // Above 2^256 - 1: not a 32-byte value.
+    if words[0] > u128::from(u64::MAX) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (bytes, &word) in out.chunks_exact_mut(8).zip(&words) {
+        bytes.copy_from_slice(&(word as u64).to_be_bytes());
+    }
+    // Canonical text has one leading '1' per leading zero byte, no more
+    // (bs58 would decode extra '1's into a longer key) and no fewer.
+    let zero_bytes = out.iter().take_while(|&&b| b == 0).count();
+    let ones = text.iter().take_while(|&&c| c == b'1').count();
+    (zero_bytes == ones).then_some(out)
 }
 
 impl From<[u8; 32]> for Pubkey {
@@ -252,6 +353,25 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    /// The column sums of `decode_32` cannot overflow: the largest limb
+    /// times each column of weights, summed, stays below 2^128.
+    #[test]
+    fn limb_products_fit_u128() {
+        let max_limb = 58u128.pow(DIGITS_PER_LIMB as u32) - 1;
+        assert!(max_limb < 1 << 64);
+        for column in 0..4 {
+            let sum = LIMB_WEIGHTS.iter().try_fold(0u128, |sum, row| {
+                max_limb
+                    .checked_mul(u128::from(row[column]))
+                    .and_then(|p| sum.checked_add(p))
+            });
+            assert!(sum.is_some(), "column {column}");
+        }
+        // The last limb weighs 1; the one before 58^10.
+        assert_eq!(LIMB_WEIGHTS[LIMBS - 1], [0, 0, 0, 1]);
+        assert_eq!(LIMB_WEIGHTS[LIMBS - 2], [0, 0, 0, 58u64.pow(10)]);
     }
 
     /// The decoder this module replaced, kept as the reference.
