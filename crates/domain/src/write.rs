@@ -482,6 +482,19 @@ pub fn plan_overwrite(
     lookup: &mut Lookup,
     now: Timestamp,
 ) -> StoreResult<OverwritePlan> {
+    plan_overwrite_keeping_replaced(req, in_scope, lookup, now).map(|(plan, _)| plan)
+}
+
+/// [`plan_overwrite`], also returning, per planned write, the stored state
+/// it replaces (`None`: a new id, or a deletion, whose `offer` already is
+/// the stored state). A backend can then write only what changed without
+/// keeping a copy of the scope: the states are moved, not cloned.
+pub fn plan_overwrite_keeping_replaced(
+    req: OverwriteRequest,
+    in_scope: Vec<MarginOffer>,
+    lookup: &mut Lookup,
+    now: Timestamp,
+) -> StoreResult<(OverwritePlan, Vec<Option<MarginOffer>>)> {
     check_overwrite_request(req.offers.is_empty(), req.filter.as_ref())?;
     let filter = req.filter.filter(|f| !f.is_empty());
     let mut scope: HashMap<String, MarginOffer> =
@@ -489,6 +502,7 @@ pub fn plan_overwrite(
     let mut errors = ItemErrors::new(req.validate_all);
     let mut seen = HashSet::with_capacity(req.offers.len());
     let mut plan = WritePlan::default();
+    let mut replaced = Vec::new();
     let mut outcome = OverwriteOutcome::default();
     for (index, offer) in req.offers.into_iter().enumerate() {
         let offer = match admit(index, offer, &mut seen) {
@@ -540,25 +554,28 @@ pub fn plan_overwrite(
                     outcome.created_ids.push(id);
                 }
                 plan.push(ChangeType::Overwritten, stored);
+                replaced.push(existing);
             }
         }
     }
     if errors.any() {
-        return Ok(OverwritePlan {
+        let failed = OverwritePlan {
             outcome: OverwriteOutcome {
                 errors: errors.errors,
                 ..Default::default()
             },
             plan: WritePlan::default(),
-        });
+        };
+        return Ok((failed, Vec::new()));
     }
     let mut removed: Vec<MarginOffer> = scope.into_values().collect();
     removed.sort_by(|a, b| a.id.cmp(&b.id));
     for gone in removed {
         outcome.deleted_ids.push(gone.id.clone());
         plan.push(ChangeType::Deleted, gone);
+        replaced.push(None);
     }
-    Ok(OverwritePlan { outcome, plan })
+    Ok((OverwritePlan { outcome, plan }, replaced))
 }
 
 #[cfg(test)]
@@ -618,5 +635,44 @@ mod tests {
             plan_overwrite(req, vec![], &mut none, Timestamp(1)),
             Err(StoreError::InvalidArgument(e)) if e.field == "offers"
         ));
+    }
+
+    #[test]
+    fn overwrite_reports_the_state_each_write_replaces() {
+        let stored = |id: &str, amount: f64| {
+            let mut o = MarginOffer::example(id);
+            o.available_borrow_amount = amount;
+            o.created_timestamp = Some(Timestamp(5));
+            o.updated_timestamp = Some(Timestamp(5));
+            o
+        };
+        let scope = vec![
+            stored("kept", 1.0),
+            stored("changed", 1.0),
+            stored("gone", 1.0),
+        ];
+        let mut changed = MarginOffer::example("changed");
+        changed.available_borrow_amount = 2.0;
+        let mut kept = MarginOffer::example("kept");
+        kept.available_borrow_amount = 1.0;
+        let req = OverwriteRequest {
+            offers: vec![MarginOffer::example("new"), changed, kept],
+            ..Default::default()
+        };
+        let (planned, replaced) =
+            plan_overwrite_keeping_replaced(req, scope, &mut none, Timestamp(9)).expect("plan");
+        let ids: Vec<_> = planned
+            .plan
+            .writes
+            .iter()
+            .map(|w| w.offer.id.as_str())
+            .collect();
+        assert_eq!(ids, ["new", "changed", "gone"]);
+        assert_eq!(planned.outcome.unchanged_count, 1);
+        assert_eq!(
+            replaced,
+            [None, Some(stored("changed", 1.0)), None],
+            "created and deleted replace nothing; the update replaces the stored state"
+        );
     }
 }

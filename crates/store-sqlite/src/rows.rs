@@ -142,10 +142,27 @@ fn upsert_sql(rows: usize) -> String {
     )
 }
 
+/// A plain insert, for ids known not to be stored. `OR FAIL` because a
+/// failing row fails the whole write transaction anyway: SQLite then need
+/// not journal every page a multi-row statement touches in order to undo
+/// that statement alone (with `ABORT`, the default, and with the upsert's
+/// `DO UPDATE`, it does).
+fn insert_sql(rows: usize) -> String {
+    format!(
+        concat!(
+            "INSERT OR FAIL INTO offers (",
+            offer_cols!(),
+            ", expires_at) VALUES {}"
+        ),
+        value_tuples(rows, UPSERT_COLS)
+    )
+}
+
+/// `OR FAIL`: see [`insert_sql`].
 fn log_sql(rows: usize) -> String {
     format!(
         concat!(
-            "INSERT INTO changes (revision, seq, change_type, timestamp, origin, operation_id, ",
+            "INSERT OR FAIL INTO changes (revision, seq, change_type, timestamp, origin, operation_id, ",
             offer_cols!(),
             ") VALUES {}"
         ),
@@ -209,20 +226,8 @@ fn execute_batched<T>(
     Ok(())
 }
 
-/// An offer's columns that some index covers, as stored before a write:
-/// an update that leaves them all equal need not touch those indexes.
-pub(crate) struct IndexedColumns {
-    collateral_token: String,
-    borrow_token: String,
-    available_borrow_amount: f64,
-    interest_rate: f64,
-    created_timestamp: Option<i64>,
-    source: Option<String>,
-    lender_address: Option<String>,
-    expires_at: Option<i64>,
-}
-
-/// The names of [`IndexedColumns`], in the order of [`changed_indexed`]'s bits.
+/// The offer columns that some index covers, in the order of
+/// [`changed_indexed`]'s bits.
 const INDEXED: [&str; 8] = [
     "collateral_token",
     "borrow_token",
@@ -234,33 +239,18 @@ const INDEXED: [&str; 8] = [
     "expires_at",
 ];
 
-impl IndexedColumns {
-    pub(crate) fn of(o: &MarginOffer) -> IndexedColumns {
-        IndexedColumns {
-            collateral_token: o.collateral_token.clone(),
-            borrow_token: o.borrow_token.clone(),
-            available_borrow_amount: o.available_borrow_amount,
-            interest_rate: o.interest_rate,
-            created_timestamp: o.created_timestamp.map(Timestamp::as_nanos),
-            source: o.source.clone(),
-            lender_address: o.lender_address.clone(),
-            expires_at: o.expires_at().map(Timestamp::as_nanos),
-        }
-    }
-}
-
-/// One bit per [`INDEXED`] column whose value `new` changes (floats by
-/// bits, so even 0.0 to -0.0 is written).
-fn changed_indexed(old: &IndexedColumns, new: &MarginOffer) -> u8 {
+/// One bit per [`INDEXED`] column whose value `new` changes from `old`
+/// (floats by bits, so even 0.0 to -0.0 is written).
+fn changed_indexed(old: &MarginOffer, new: &MarginOffer) -> u8 {
     let changes = [
         old.collateral_token != new.collateral_token,
         old.borrow_token != new.borrow_token,
         old.available_borrow_amount.to_bits() != new.available_borrow_amount.to_bits(),
         old.interest_rate.to_bits() != new.interest_rate.to_bits(),
-        old.created_timestamp != new.created_timestamp.map(Timestamp::as_nanos),
+        old.created_timestamp != new.created_timestamp,
         old.source != new.source,
         old.lender_address != new.lender_address,
-        old.expires_at != new.expires_at().map(Timestamp::as_nanos),
+        old.expires_at() != new.expires_at(),
     ];
     changes
         .iter()
@@ -323,10 +313,20 @@ fn narrow_update(stmt: &mut Statement<'_>, o: &MarginOffer, mask: u8) -> rusqlit
     Ok(())
 }
 
+/// What the caller knows of the stored rows a plan replaces.
+#[derive(Clone, Copy)]
+pub(crate) enum Replaced<'a> {
+    /// Nothing: every non-deleting write is an upsert.
+    Unknown,
+    /// Per planned write, the stored state it replaces (`None`: the id is
+    /// not stored, or the write is a deletion).
+    Known(&'a [Option<MarginOffer>]),
+}
+
 /// Applies `plan` under the next revision and logs one change per write.
-/// `stored` holds the indexed columns of offers known to exist (may be
-/// empty): those are updated in place touching only the indexes whose
-/// columns change, the rest are upserted in batches.
+/// With `replaced` known, a write over a stored row updates it in place,
+/// touching only the indexes whose columns change, and the others are plain
+/// inserts; otherwise non-deleting writes are upserted. Rows go in batches.
 /// Returns the revision the caller reports: the new one, or the current one
 /// when the plan is empty (nothing written, no revision taken).
 pub(crate) fn apply_plan(
@@ -334,7 +334,7 @@ pub(crate) fn apply_plan(
     plan: &WritePlan,
     ctx: &WriteContext,
     now: Timestamp,
-    stored: &HashMap<String, IndexedColumns>,
+    replaced: Replaced<'_>,
 ) -> StoreResult<Revision> {
     let current = current_revision(conn)?;
     if plan.is_empty() {
@@ -347,10 +347,6 @@ pub(crate) fn apply_plan(
         ctx.operation_id.clone()
     };
     let prepare = |sql: String| conn.prepare_cached(&sql).map_err(map_err);
-    let mut upsert_full = prepare(upsert_sql(BATCH_ROWS))?;
-    let mut upsert_one = prepare(upsert_sql(1))?;
-    let mut delete_full = prepare(delete_sql(BATCH_ROWS))?;
-    let mut delete_one = prepare(delete_sql(1))?;
     let bind_upsert = |stmt: &mut Statement<'_>, next: usize, w: &&PlannedWrite| {
         let next = bind_offer(stmt, next, &w.offer)?;
         stmt.raw_bind_parameter(next, w.offer.expires_at().map(Timestamp::as_nanos))?;
@@ -369,21 +365,29 @@ pub(crate) fn apply_plan(
     // One prepared narrow UPDATE per set of changed indexed columns, looked
     // up by mask rather than by SQL text for each row.
     let mut narrow: HashMap<u8, CachedStatement<'_>> = HashMap::new();
-    let mut rest = plan.writes.as_slice();
-    while let Some(first) = rest.first() {
-        let deleting = is_delete(first);
-        let len = rest.iter().take_while(|w| is_delete(w) == deleting).count();
-        let (run, after) = rest.split_at(len);
-        let mut run: Vec<&PlannedWrite> = run.iter().collect();
-        run.sort_unstable_by(|a, b| a.offer.id.cmp(&b.offer.id));
+    let writes = plan.writes.as_slice();
+    let mut start = 0;
+    while start < writes.len() {
+        let deleting = is_delete(&writes[start]);
+        let len = writes[start..]
+            .iter()
+            .take_while(|w| is_delete(w) == deleting)
+            .count();
+        let mut run: Vec<usize> = (start..start + len).collect();
+        start += len;
+        run.sort_unstable_by(|&a, &b| writes[a].offer.id.cmp(&writes[b].offer.id));
+        let rows = |indexes: &[usize]| -> Vec<&PlannedWrite> {
+            indexes.iter().map(|&i| &writes[i]).collect()
+        };
         if deleting {
-            execute_batched(&run, &mut delete_full, &mut delete_one, bind_delete)
-        } else if stored.is_empty() {
-            execute_batched(&run, &mut upsert_full, &mut upsert_one, bind_upsert)
-        } else {
+            let mut full = prepare(delete_sql(BATCH_ROWS))?;
+            let mut one = prepare(delete_sql(1))?;
+            execute_batched(&rows(&run), &mut full, &mut one, bind_delete)
+        } else if let Replaced::Known(replaced) = replaced {
             let mut inserts: Vec<&PlannedWrite> = Vec::new();
-            for w in run {
-                match stored.get(&w.offer.id) {
+            for i in run {
+                let w = &writes[i];
+                match replaced.get(i).and_then(Option::as_ref) {
                     Some(old) => {
                         let mask = changed_indexed(old, &w.offer);
                         let stmt = match narrow.entry(mask) {
@@ -395,10 +399,15 @@ pub(crate) fn apply_plan(
                     None => inserts.push(w),
                 }
             }
-            execute_batched(&inserts, &mut upsert_full, &mut upsert_one, bind_upsert)
+            let mut full = prepare(insert_sql(BATCH_ROWS))?;
+            let mut one = prepare(insert_sql(1))?;
+            execute_batched(&inserts, &mut full, &mut one, bind_upsert)
+        } else {
+            let mut full = prepare(upsert_sql(BATCH_ROWS))?;
+            let mut one = prepare(upsert_sql(1))?;
+            execute_batched(&rows(&run), &mut full, &mut one, bind_upsert)
         }
         .map_err(map_err)?;
-        rest = after;
     }
     let mut log_full = prepare(log_sql(BATCH_ROWS))?;
     let mut log_one = prepare(log_sql(1))?;
