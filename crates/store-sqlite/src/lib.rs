@@ -13,6 +13,7 @@
 //! acknowledged commit durable.
 
 mod checkpoint;
+mod codec;
 mod error;
 mod rows;
 mod schema;
@@ -483,7 +484,7 @@ fn changes_in(tx: &Transaction<'_>, after: Revision, limit: usize) -> StoreResul
     let fetch = rows::sql_int(limit)?;
     let mut got = rows::read_changes(
         tx,
-        "WHERE revision > ?1 ORDER BY revision, seq LIMIT ?2",
+        "WHERE c.revision > ?1 ORDER BY c.revision, c.seq LIMIT ?2",
         &[&after, &fetch],
     )?;
     // Callers resume from the last revision they saw, so a batch must hold
@@ -496,7 +497,7 @@ fn changes_in(tx: &Transaction<'_>, after: Revision, limit: usize) -> StoreResul
         if first == last {
             let rest = rows::read_changes(
                 tx,
-                "WHERE revision = ?1 AND seq > ?2 ORDER BY seq",
+                "WHERE c.revision = ?1 AND c.seq > ?2 ORDER BY c.seq",
                 &[&last, &last_seq],
             )?;
             got.extend(rest);

@@ -1,5 +1,6 @@
 //! Offers and changes to and from rows, and the statements that touch them.
 
+use crate::codec;
 use crate::error::map_err;
 use offer_domain::write::{PlannedWrite, WritePlan};
 use offer_domain::{
@@ -109,9 +110,8 @@ const BATCH_ROWS: usize = 64;
 /// The offers-table columns an upsert writes: the offer plus `expires_at`.
 const UPSERT_COLS: usize = OFFER_COL_COUNT + 1;
 
-/// The change-log columns: revision, seq, type, time, origin, operation id,
-/// then the offer.
-const LOG_COLS: usize = OFFER_COL_COUNT + 6;
+/// The change-log columns: revision, seq, type, the offer's encoding.
+const LOG_COLS: usize = 4;
 
 /// `(?, ?, ...), (?, ...)`: `rows` tuples of `cols` anonymous parameters.
 fn value_tuples(rows: usize, cols: usize) -> String {
@@ -161,11 +161,7 @@ fn insert_sql(rows: usize) -> String {
 /// `OR FAIL`: see [`insert_sql`].
 fn log_sql(rows: usize) -> String {
     format!(
-        concat!(
-            "INSERT OR FAIL INTO changes (revision, seq, change_type, timestamp, origin, operation_id, ",
-            offer_cols!(),
-            ") VALUES {}"
-        ),
+        "INSERT OR FAIL INTO changes (revision, seq, change_type, offer) VALUES {}",
         value_tuples(rows, LOG_COLS)
     )
 }
@@ -409,22 +405,28 @@ pub(crate) fn apply_plan(
         }
         .map_err(map_err)?;
     }
+    conn.prepare_cached(
+        "INSERT INTO commits (revision, timestamp, origin, operation_id) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![revision, now.as_nanos(), ctx.origin, operation_id]))
+    .map_err(map_err)?;
     let mut log_full = prepare(log_sql(BATCH_ROWS))?;
     let mut log_one = prepare(log_sql(1))?;
-    let ts = now.as_nanos();
     let logged: Vec<(i64, &PlannedWrite)> = (0_i64..).zip(plan.writes.iter()).collect();
+    // SQLite copies each bound blob, so one buffer serves every row.
+    let mut blob = Vec::new();
     execute_batched(
         &logged,
         &mut log_full,
         &mut log_one,
         |stmt, next, (seq, w)| {
+            blob.clear();
+            codec::encode_offer(&w.offer, &mut blob);
             stmt.raw_bind_parameter(next, revision)?;
             stmt.raw_bind_parameter(next + 1, *seq)?;
             stmt.raw_bind_parameter(next + 2, w.change_type.wire_value())?;
-            stmt.raw_bind_parameter(next + 3, ts)?;
-            stmt.raw_bind_parameter(next + 4, &ctx.origin)?;
-            stmt.raw_bind_parameter(next + 5, &operation_id)?;
-            bind_offer(stmt, next + 6, &w.offer)
+            stmt.raw_bind_parameter(next + 3, blob.as_slice())?;
+            Ok(next + LOG_COLS)
         },
     )
     .map_err(map_err)?;
@@ -489,14 +491,17 @@ pub(crate) fn prune_changes(
     // revision order touches only the rows about to be deleted.
     let young: Option<i64> = conn
         .prepare_cached(
-            "SELECT revision FROM changes WHERE revision < ?1 AND timestamp > ?2 \
-             ORDER BY revision, seq LIMIT 1",
+            "SELECT revision FROM commits WHERE revision < ?1 AND timestamp > ?2 \
+             ORDER BY revision LIMIT 1",
         )
         .and_then(|mut s| s.query_row([cutoff, keep_after.0], |r| r.get(0)).optional())
         .map_err(map_err)?;
     let cutoff = young.map_or(cutoff, |y| y.min(cutoff));
     let deleted = conn
         .prepare_cached("DELETE FROM changes WHERE revision < ?1")
+        .and_then(|mut s| s.execute([cutoff]))
+        .map_err(map_err)?;
+    conn.prepare_cached("DELETE FROM commits WHERE revision < ?1")
         .and_then(|mut s| s.execute([cutoff]))
         .map_err(map_err)?;
     if deleted > 0 && pruned_through(conn)? < cutoff - 1 {
@@ -515,8 +520,9 @@ fn change_type_from_wire(v: i32) -> rusqlite::Result<ChangeType> {
     })
 }
 
-/// Changes with revision > `after`, in order, up to `limit` rows (see the
-/// caller for how batches are kept to whole revisions).
+/// The changes `sql_tail` selects (columns of `changes` are `c.`), each with
+/// its commit's time, origin and operation id. `CROSS JOIN` keeps the change
+/// log the outer loop, read in key order.
 pub(crate) fn read_changes(
     conn: &Connection,
     sql_tail: &str,
@@ -524,12 +530,20 @@ pub(crate) fn read_changes(
 ) -> StoreResult<Vec<(i64, Change)>> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT revision, seq, change_type, timestamp, origin, operation_id, {OFFER_COLS} \
-             FROM changes {sql_tail}"
+            "SELECT c.revision, c.seq, c.change_type, m.timestamp, m.origin, m.operation_id, \
+             c.offer FROM changes c CROSS JOIN commits m ON m.revision = c.revision {sql_tail}"
         ))
         .map_err(map_err)?;
     let rows = stmt
         .query_map(args, |r| {
+            let blob = r.get_ref(6)?.as_blob()?;
+            let offer = codec::decode_offer(blob).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    6,
+                    Type::Blob,
+                    format!("stored change offer: {e}").into(),
+                )
+            })?;
             Ok((
                 r.get::<_, i64>(1)?,
                 Change {
@@ -538,7 +552,7 @@ pub(crate) fn read_changes(
                     timestamp: Timestamp(r.get(3)?),
                     origin: r.get(4)?,
                     operation_id: r.get(5)?,
-                    offer: offer_from_row(r, 6)?,
+                    offer,
                 },
             ))
         })
