@@ -10,7 +10,7 @@ use crate::error::{BulkError, FieldError, StoreError, StoreResult};
 use crate::offer::{MarginOffer, OfferPatch};
 use crate::query::OverwriteFilter;
 use crate::time::Timestamp;
-use crate::validate::{validate_id, validate_offer};
+use crate::validate::{validate_id, validate_offer, validate_offer_in_place};
 use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -265,11 +265,10 @@ fn success(processed_ids: Vec<String>, plan: WritePlan) -> BulkPlan {
 /// Validates an item and checks it is the first of its id in the request.
 fn admit(
     index: usize,
-    offer: MarginOffer,
+    mut offer: MarginOffer,
     seen: &mut HashSet<String>,
 ) -> Result<MarginOffer, BulkError> {
-    let id = offer.id.clone();
-    let offer = validate_offer(offer).map_err(|e| BulkError::invalid(index, &id, &e))?;
+    validate_offer_in_place(&mut offer).map_err(|e| BulkError::invalid(index, &offer.id, &e))?;
     if !seen.insert(offer.id.clone()) {
         return Err(BulkError::duplicate(index, &offer.id));
     }
@@ -497,6 +496,8 @@ pub fn plan_overwrite_keeping_replaced(
 ) -> StoreResult<(OverwritePlan, Vec<Option<MarginOffer>>)> {
     check_overwrite_request(req.offers.is_empty(), req.filter.as_ref())?;
     let filter = req.filter.filter(|f| !f.is_empty());
+    // Converted once: `OverwriteFilter::matches` would convert per offer.
+    let offer_filter = filter.as_ref().map(OverwriteFilter::as_offer_filter);
     let mut scope: HashMap<String, MarginOffer> =
         in_scope.into_iter().map(|o| (o.id.clone(), o)).collect();
     let mut errors = ItemErrors::new(req.validate_all);
@@ -521,7 +522,7 @@ pub fn plan_overwrite_keeping_replaced(
             Some(stored) => {
                 // The filter check comes first: an offer outside the filter
                 // is INVALID_ARGUMENT whether or not its id exists elsewhere.
-                if let Some(f) = &filter
+                if let Some(f) = &offer_filter
                     && !f.matches(&stored)
                 {
                     let e = BulkError::invalid(

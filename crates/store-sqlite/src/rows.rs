@@ -38,13 +38,14 @@ fn conversion(idx: usize, what: &str, got: &str) -> rusqlite::Error {
 
 /// Reads an offer from the [`OFFER_COLS`] starting at column `base`.
 pub(crate) fn offer_from_row(row: &Row<'_>, base: usize) -> rusqlite::Result<MarginOffer> {
-    let offer_type: String = row.get(base + 1)?;
-    let interest_model: String = row.get(base + 8)?;
+    // Parsed from the borrowed text: no String per enum column.
+    let offer_type = row.get_ref(base + 1)?.as_str()?;
+    let interest_model = row.get_ref(base + 8)?.as_str()?;
     Ok(MarginOffer {
         id: row.get(base)?,
         offer_type: offer_type
             .parse::<OfferType>()
-            .map_err(|()| conversion(base + 1, "offer_type", &offer_type))?,
+            .map_err(|()| conversion(base + 1, "offer_type", offer_type))?,
         collateral_token: row.get(base + 2)?,
         borrow_token: row.get(base + 3)?,
         available_borrow_amount: row.get(base + 4)?,
@@ -53,7 +54,7 @@ pub(crate) fn offer_from_row(row: &Row<'_>, base: usize) -> rusqlite::Result<Mar
         interest_rate: row.get(base + 7)?,
         interest_model: interest_model
             .parse::<InterestModel>()
-            .map_err(|()| conversion(base + 8, "interest_model", &interest_model))?,
+            .map_err(|()| conversion(base + 8, "interest_model", interest_model))?,
         term_days: row.get(base + 9)?,
         liquidity_source: row.get(base + 10)?,
         lender_address: row.get(base + 11)?,
