@@ -498,8 +498,15 @@ pub fn plan_overwrite_keeping_replaced(
     let filter = req.filter.filter(|f| !f.is_empty());
     // Converted once: `OverwriteFilter::matches` would convert per offer.
     let offer_filter = filter.as_ref().map(OverwriteFilter::as_offer_filter);
-    let mut scope: HashMap<String, MarginOffer> =
-        in_scope.into_iter().map(|o| (o.id.clone(), o)).collect();
+    // The offers stay where they are and the map holds their positions:
+    // a small map, and each offer moves once (when taken), not into and
+    // out of the map.
+    let position: HashMap<String, usize> = in_scope
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.id.clone(), i))
+        .collect();
+    let mut scope: Vec<Option<MarginOffer>> = in_scope.into_iter().map(Some).collect();
     let mut errors = ItemErrors::new(req.validate_all);
     let mut seen = HashSet::with_capacity(req.offers.len());
     let mut plan = WritePlan::default();
@@ -515,7 +522,10 @@ pub fn plan_overwrite_keeping_replaced(
                 continue;
             }
         };
-        let existing = scope.remove(&offer.id);
+        let existing = position
+            .get(&offer.id)
+            .and_then(|&i| scope.get_mut(i))
+            .and_then(Option::take);
         let id = offer.id.clone();
         match stamp(offer, existing.as_ref(), now) {
             None => outcome.unchanged_count += 1,
@@ -569,7 +579,7 @@ pub fn plan_overwrite_keeping_replaced(
         };
         return Ok((failed, Vec::new()));
     }
-    let mut removed: Vec<MarginOffer> = scope.into_values().collect();
+    let mut removed: Vec<MarginOffer> = scope.into_iter().flatten().collect();
     removed.sort_by(|a, b| a.id.cmp(&b.id));
     for gone in removed {
         outcome.deleted_ids.push(gone.id.clone());
