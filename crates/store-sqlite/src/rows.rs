@@ -522,8 +522,9 @@ fn change_type_from_wire(v: i32) -> rusqlite::Result<ChangeType> {
 }
 
 /// The changes `sql_tail` selects (columns of `changes` are `c.`), each with
-/// its commit's time, origin and operation id. `CROSS JOIN` keeps the change
-/// log the outer loop, read in key order.
+/// its commit's time, origin and operation id. `LEFT JOIN` keeps the change
+/// log the outer loop, read in key order, and makes a change without its
+/// commit row an error rather than a silent gap.
 pub(crate) fn read_changes(
     conn: &Connection,
     sql_tail: &str,
@@ -532,7 +533,7 @@ pub(crate) fn read_changes(
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT c.revision, c.seq, c.change_type, m.timestamp, m.origin, m.operation_id, \
-             c.offer FROM changes c CROSS JOIN commits m ON m.revision = c.revision {sql_tail}"
+             c.offer FROM changes c LEFT JOIN commits m ON m.revision = c.revision {sql_tail}"
         ))
         .map_err(map_err)?;
     let rows = stmt

@@ -150,8 +150,10 @@ fn compact_change_log(tx: &Transaction<'_>) -> StoreResult<()> {
             origin TEXT NOT NULL,
             operation_id TEXT NOT NULL
         );
+        -- Every row of a revision carries the same commit values.
         INSERT INTO commits (revision, timestamp, origin, operation_id)
-            SELECT revision, timestamp, origin, operation_id FROM changes WHERE seq = 0;
+            SELECT revision, MIN(timestamp), MIN(origin), MIN(operation_id)
+            FROM changes GROUP BY revision;
         CREATE TABLE changes_v3 (
             revision INTEGER NOT NULL,
             seq INTEGER NOT NULL,
