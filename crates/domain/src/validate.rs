@@ -9,6 +9,13 @@ pub const MAX_TOKEN_BYTES: usize = 256;
 /// Checks an offer and canonicalises it (`-0.0` becomes `0.0`, so every
 /// backend orders and compares amounts alike).
 pub fn validate_offer(mut offer: MarginOffer) -> Result<MarginOffer, FieldError> {
+    validate_offer_in_place(&mut offer)?;
+    Ok(offer)
+}
+
+/// [`validate_offer`] on a borrowed offer, so a caller reporting the error
+/// still has the offer (its id) without cloning it first.
+pub fn validate_offer_in_place(offer: &mut MarginOffer) -> Result<(), FieldError> {
     validate_id(&offer.id)?;
     check_text("collateral_token", &offer.collateral_token)?;
     check_text("borrow_token", &offer.borrow_token)?;
@@ -51,7 +58,7 @@ pub fn validate_offer(mut offer: MarginOffer) -> Result<MarginOffer, FieldError>
             format!("longer than {MAX_TOKEN_BYTES} bytes"),
         ));
     }
-    Ok(offer)
+    Ok(())
 }
 
 pub fn validate_id(id: &str) -> Result<(), FieldError> {

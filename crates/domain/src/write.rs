@@ -10,7 +10,7 @@ use crate::error::{BulkError, FieldError, StoreError, StoreResult};
 use crate::offer::{MarginOffer, OfferPatch};
 use crate::query::OverwriteFilter;
 use crate::time::Timestamp;
-use crate::validate::{validate_id, validate_offer};
+use crate::validate::{validate_id, validate_offer, validate_offer_in_place};
 use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -265,11 +265,10 @@ fn success(processed_ids: Vec<String>, plan: WritePlan) -> BulkPlan {
 /// Validates an item and checks it is the first of its id in the request.
 fn admit(
     index: usize,
-    offer: MarginOffer,
+    mut offer: MarginOffer,
     seen: &mut HashSet<String>,
 ) -> Result<MarginOffer, BulkError> {
-    let id = offer.id.clone();
-    let offer = validate_offer(offer).map_err(|e| BulkError::invalid(index, &id, &e))?;
+    validate_offer_in_place(&mut offer).map_err(|e| BulkError::invalid(index, &offer.id, &e))?;
     if !seen.insert(offer.id.clone()) {
         return Err(BulkError::duplicate(index, &offer.id));
     }
@@ -482,13 +481,36 @@ pub fn plan_overwrite(
     lookup: &mut Lookup,
     now: Timestamp,
 ) -> StoreResult<OverwritePlan> {
+    plan_overwrite_keeping_replaced(req, in_scope, lookup, now).map(|(plan, _)| plan)
+}
+
+/// [`plan_overwrite`], also returning, per planned write, the stored state
+/// it replaces (`None`: a new id, or a deletion, whose `offer` already is
+/// the stored state). A backend can then write only what changed without
+/// keeping a copy of the scope: the states are moved, not cloned.
+pub fn plan_overwrite_keeping_replaced(
+    req: OverwriteRequest,
+    in_scope: Vec<MarginOffer>,
+    lookup: &mut Lookup,
+    now: Timestamp,
+) -> StoreResult<(OverwritePlan, Vec<Option<MarginOffer>>)> {
     check_overwrite_request(req.offers.is_empty(), req.filter.as_ref())?;
     let filter = req.filter.filter(|f| !f.is_empty());
-    let mut scope: HashMap<String, MarginOffer> =
-        in_scope.into_iter().map(|o| (o.id.clone(), o)).collect();
+    // Converted once: `OverwriteFilter::matches` would convert per offer.
+    let offer_filter = filter.as_ref().map(OverwriteFilter::as_offer_filter);
+    // The offers stay where they are and the map holds their positions:
+    // a small map, and each offer moves once (when taken), not into and
+    // out of the map.
+    let position: HashMap<String, usize> = in_scope
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.id.clone(), i))
+        .collect();
+    let mut scope: Vec<Option<MarginOffer>> = in_scope.into_iter().map(Some).collect();
     let mut errors = ItemErrors::new(req.validate_all);
     let mut seen = HashSet::with_capacity(req.offers.len());
     let mut plan = WritePlan::default();
+    let mut replaced = Vec::new();
     let mut outcome = OverwriteOutcome::default();
     for (index, offer) in req.offers.into_iter().enumerate() {
         let offer = match admit(index, offer, &mut seen) {
@@ -500,14 +522,17 @@ pub fn plan_overwrite(
                 continue;
             }
         };
-        let existing = scope.remove(&offer.id);
+        let existing = position
+            .get(&offer.id)
+            .and_then(|&i| scope.get_mut(i))
+            .and_then(Option::take);
         let id = offer.id.clone();
         match stamp(offer, existing.as_ref(), now) {
             None => outcome.unchanged_count += 1,
             Some(stored) => {
                 // The filter check comes first: an offer outside the filter
                 // is INVALID_ARGUMENT whether or not its id exists elsewhere.
-                if let Some(f) = &filter
+                if let Some(f) = &offer_filter
                     && !f.matches(&stored)
                 {
                     let e = BulkError::invalid(
@@ -540,25 +565,28 @@ pub fn plan_overwrite(
                     outcome.created_ids.push(id);
                 }
                 plan.push(ChangeType::Overwritten, stored);
+                replaced.push(existing);
             }
         }
     }
     if errors.any() {
-        return Ok(OverwritePlan {
+        let failed = OverwritePlan {
             outcome: OverwriteOutcome {
                 errors: errors.errors,
                 ..Default::default()
             },
             plan: WritePlan::default(),
-        });
+        };
+        return Ok((failed, Vec::new()));
     }
-    let mut removed: Vec<MarginOffer> = scope.into_values().collect();
+    let mut removed: Vec<MarginOffer> = scope.into_iter().flatten().collect();
     removed.sort_by(|a, b| a.id.cmp(&b.id));
     for gone in removed {
         outcome.deleted_ids.push(gone.id.clone());
         plan.push(ChangeType::Deleted, gone);
+        replaced.push(None);
     }
-    Ok(OverwritePlan { outcome, plan })
+    Ok((OverwritePlan { outcome, plan }, replaced))
 }
 
 #[cfg(test)]
@@ -618,5 +646,44 @@ mod tests {
             plan_overwrite(req, vec![], &mut none, Timestamp(1)),
             Err(StoreError::InvalidArgument(e)) if e.field == "offers"
         ));
+    }
+
+    #[test]
+    fn overwrite_reports_the_state_each_write_replaces() {
+        let stored = |id: &str, amount: f64| {
+            let mut o = MarginOffer::example(id);
+            o.available_borrow_amount = amount;
+            o.created_timestamp = Some(Timestamp(5));
+            o.updated_timestamp = Some(Timestamp(5));
+            o
+        };
+        let scope = vec![
+            stored("kept", 1.0),
+            stored("changed", 1.0),
+            stored("gone", 1.0),
+        ];
+        let mut changed = MarginOffer::example("changed");
+        changed.available_borrow_amount = 2.0;
+        let mut kept = MarginOffer::example("kept");
+        kept.available_borrow_amount = 1.0;
+        let req = OverwriteRequest {
+            offers: vec![MarginOffer::example("new"), changed, kept],
+            ..Default::default()
+        };
+        let (planned, replaced) =
+            plan_overwrite_keeping_replaced(req, scope, &mut none, Timestamp(9)).expect("plan");
+        let ids: Vec<_> = planned
+            .plan
+            .writes
+            .iter()
+            .map(|w| w.offer.id.as_str())
+            .collect();
+        assert_eq!(ids, ["new", "changed", "gone"]);
+        assert_eq!(planned.outcome.unchanged_count, 1);
+        assert_eq!(
+            replaced,
+            [None, Some(stored("changed", 1.0)), None],
+            "created and deleted replace nothing; the update replaces the stored state"
+        );
     }
 }

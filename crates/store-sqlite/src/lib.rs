@@ -13,6 +13,7 @@
 //! acknowledged commit durable.
 
 mod checkpoint;
+mod codec;
 mod error;
 mod rows;
 mod schema;
@@ -20,13 +21,14 @@ mod totals;
 
 use crate::checkpoint::Checkpointer;
 use crate::error::map_err;
-use crate::rows::{OFFER_COLS, Where, offer_from_row};
+use crate::rows::{OFFER_COLS, Replaced, Where, offer_from_row};
 use crate::totals::TotalCache;
 use async_trait::async_trait;
 use offer_domain::query::ResolvedList;
 use offer_domain::write::{
     self, WritePlan, plan_bulk_create, plan_bulk_create_or_update, plan_bulk_delete,
-    plan_bulk_update, plan_create, plan_create_or_update, plan_delete, plan_overwrite, plan_update,
+    plan_bulk_update, plan_create, plan_create_or_update, plan_delete,
+    plan_overwrite_keeping_replaced, plan_update,
 };
 use offer_domain::{
     BulkCreateOptions, BulkDeleteOptions, BulkOutcome, BulkUpdateOptions, BulkUpsertOptions,
@@ -37,7 +39,7 @@ use offer_domain::{
 use offer_store::{ChangeBatch, MarginOfferStore, Written};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction, TransactionBehavior, params_from_iter};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -282,7 +284,7 @@ impl SqliteStore {
         let ctx = ctx.clone();
         self.write(move |tx, now| {
             let (mut value, plan) = planner(tx, now)?;
-            let revision = rows::apply_plan(tx, &plan, &ctx, now, &HashMap::new())?;
+            let revision = rows::apply_plan(tx, &plan, &ctx, now, Replaced::Unknown)?;
             value.set_revision(revision);
             Ok((
                 value,
@@ -505,7 +507,7 @@ fn changes_in(tx: &Transaction<'_>, after: Revision, limit: usize) -> StoreResul
     let fetch = rows::sql_int(limit)?;
     let mut got = rows::read_changes(
         tx,
-        "WHERE revision > ?1 ORDER BY revision, seq LIMIT ?2",
+        "WHERE c.revision > ?1 ORDER BY c.revision, c.seq LIMIT ?2",
         &[&after, &fetch],
     )?;
     // Callers resume from the last revision they saw, so a batch must hold
@@ -518,7 +520,7 @@ fn changes_in(tx: &Transaction<'_>, after: Revision, limit: usize) -> StoreResul
         if first == last {
             let rest = rows::read_changes(
                 tx,
-                "WHERE revision = ?1 AND seq > ?2 ORDER BY seq",
+                "WHERE c.revision = ?1 AND c.seq > ?2 ORDER BY c.seq",
                 &[&last, &last_seq],
             )?;
             got.extend(rest);
@@ -673,17 +675,15 @@ impl MarginOfferStore for SqliteStore {
                     Ok(None)
                 }
             };
-            let stored: HashMap<String, rows::IndexedColumns> = scope
-                .iter()
-                .map(|o| (o.id.clone(), rows::IndexedColumns::of(o)))
-                .collect();
-            let planned = plan_overwrite(req, scope, &mut lookup, now)?;
+            let (planned, replaced) =
+                plan_overwrite_keeping_replaced(req, scope, &mut lookup, now)?;
             let mut outcome = planned.outcome;
             if dry_run {
                 outcome.revision = rows::current_revision(tx)?;
                 return Ok((outcome, WriteEffect::Rollback));
             }
-            let revision = rows::apply_plan(tx, &planned.plan, &ctx, now, &stored)?;
+            let revision =
+                rows::apply_plan(tx, &planned.plan, &ctx, now, Replaced::Known(&replaced))?;
             outcome.revision = revision;
             Ok((
                 outcome,

@@ -1,5 +1,6 @@
 //! Offers and changes to and from rows, and the statements that touch them.
 
+use crate::codec;
 use crate::error::map_err;
 use offer_domain::write::{PlannedWrite, WritePlan};
 use offer_domain::{
@@ -37,13 +38,14 @@ fn conversion(idx: usize, what: &str, got: &str) -> rusqlite::Error {
 
 /// Reads an offer from the [`OFFER_COLS`] starting at column `base`.
 pub(crate) fn offer_from_row(row: &Row<'_>, base: usize) -> rusqlite::Result<MarginOffer> {
-    let offer_type: String = row.get(base + 1)?;
-    let interest_model: String = row.get(base + 8)?;
+    // Parsed from the borrowed text: no String per enum column.
+    let offer_type = row.get_ref(base + 1)?.as_str()?;
+    let interest_model = row.get_ref(base + 8)?.as_str()?;
     Ok(MarginOffer {
         id: row.get(base)?,
         offer_type: offer_type
             .parse::<OfferType>()
-            .map_err(|()| conversion(base + 1, "offer_type", &offer_type))?,
+            .map_err(|()| conversion(base + 1, "offer_type", offer_type))?,
         collateral_token: row.get(base + 2)?,
         borrow_token: row.get(base + 3)?,
         available_borrow_amount: row.get(base + 4)?,
@@ -52,7 +54,7 @@ pub(crate) fn offer_from_row(row: &Row<'_>, base: usize) -> rusqlite::Result<Mar
         interest_rate: row.get(base + 7)?,
         interest_model: interest_model
             .parse::<InterestModel>()
-            .map_err(|()| conversion(base + 8, "interest_model", &interest_model))?,
+            .map_err(|()| conversion(base + 8, "interest_model", interest_model))?,
         term_days: row.get(base + 9)?,
         liquidity_source: row.get(base + 10)?,
         lender_address: row.get(base + 11)?,
@@ -109,9 +111,8 @@ const BATCH_ROWS: usize = 64;
 /// The offers-table columns an upsert writes: the offer plus `expires_at`.
 const UPSERT_COLS: usize = OFFER_COL_COUNT + 1;
 
-/// The change-log columns: revision, seq, type, time, origin, operation id,
-/// then the offer.
-const LOG_COLS: usize = OFFER_COL_COUNT + 6;
+/// The change-log columns: revision, seq, type, the offer's encoding.
+const LOG_COLS: usize = 4;
 
 /// `(?, ?, ...), (?, ...)`: `rows` tuples of `cols` anonymous parameters.
 fn value_tuples(rows: usize, cols: usize) -> String {
@@ -142,13 +143,26 @@ fn upsert_sql(rows: usize) -> String {
     )
 }
 
-fn log_sql(rows: usize) -> String {
+/// A plain insert, for ids known not to be stored. `OR FAIL` because a
+/// failing row fails the whole write transaction anyway: SQLite then need
+/// not journal every page a multi-row statement touches in order to undo
+/// that statement alone (with `ABORT`, the default, and with the upsert's
+/// `DO UPDATE`, it does).
+fn insert_sql(rows: usize) -> String {
     format!(
         concat!(
-            "INSERT INTO changes (revision, seq, change_type, timestamp, origin, operation_id, ",
+            "INSERT OR FAIL INTO offers (",
             offer_cols!(),
-            ") VALUES {}"
+            ", expires_at) VALUES {}"
         ),
+        value_tuples(rows, UPSERT_COLS)
+    )
+}
+
+/// `OR FAIL`: see [`insert_sql`].
+fn log_sql(rows: usize) -> String {
+    format!(
+        "INSERT OR FAIL INTO changes (revision, seq, change_type, offer) VALUES {}",
         value_tuples(rows, LOG_COLS)
     )
 }
@@ -209,20 +223,8 @@ fn execute_batched<T>(
     Ok(())
 }
 
-/// An offer's columns that some index covers, as stored before a write:
-/// an update that leaves them all equal need not touch those indexes.
-pub(crate) struct IndexedColumns {
-    collateral_token: String,
-    borrow_token: String,
-    available_borrow_amount: f64,
-    interest_rate: f64,
-    created_timestamp: Option<i64>,
-    source: Option<String>,
-    lender_address: Option<String>,
-    expires_at: Option<i64>,
-}
-
-/// The names of [`IndexedColumns`], in the order of [`changed_indexed`]'s bits.
+/// The offer columns that some index covers, in the order of
+/// [`changed_indexed`]'s bits.
 const INDEXED: [&str; 8] = [
     "collateral_token",
     "borrow_token",
@@ -234,33 +236,18 @@ const INDEXED: [&str; 8] = [
     "expires_at",
 ];
 
-impl IndexedColumns {
-    pub(crate) fn of(o: &MarginOffer) -> IndexedColumns {
-        IndexedColumns {
-            collateral_token: o.collateral_token.clone(),
-            borrow_token: o.borrow_token.clone(),
-            available_borrow_amount: o.available_borrow_amount,
-            interest_rate: o.interest_rate,
-            created_timestamp: o.created_timestamp.map(Timestamp::as_nanos),
-            source: o.source.clone(),
-            lender_address: o.lender_address.clone(),
-            expires_at: o.expires_at().map(Timestamp::as_nanos),
-        }
-    }
-}
-
-/// One bit per [`INDEXED`] column whose value `new` changes (floats by
-/// bits, so even 0.0 to -0.0 is written).
-fn changed_indexed(old: &IndexedColumns, new: &MarginOffer) -> u8 {
+/// One bit per [`INDEXED`] column whose value `new` changes from `old`
+/// (floats by bits, so even 0.0 to -0.0 is written).
+fn changed_indexed(old: &MarginOffer, new: &MarginOffer) -> u8 {
     let changes = [
         old.collateral_token != new.collateral_token,
         old.borrow_token != new.borrow_token,
         old.available_borrow_amount.to_bits() != new.available_borrow_amount.to_bits(),
         old.interest_rate.to_bits() != new.interest_rate.to_bits(),
-        old.created_timestamp != new.created_timestamp.map(Timestamp::as_nanos),
+        old.created_timestamp != new.created_timestamp,
         old.source != new.source,
         old.lender_address != new.lender_address,
-        old.expires_at != new.expires_at().map(Timestamp::as_nanos),
+        old.expires_at() != new.expires_at(),
     ];
     changes
         .iter()
@@ -323,10 +310,20 @@ fn narrow_update(stmt: &mut Statement<'_>, o: &MarginOffer, mask: u8) -> rusqlit
     Ok(())
 }
 
+/// What the caller knows of the stored rows a plan replaces.
+#[derive(Clone, Copy)]
+pub(crate) enum Replaced<'a> {
+    /// Nothing: every non-deleting write is an upsert.
+    Unknown,
+    /// Per planned write, the stored state it replaces (`None`: the id is
+    /// not stored, or the write is a deletion).
+    Known(&'a [Option<MarginOffer>]),
+}
+
 /// Applies `plan` under the next revision and logs one change per write.
-/// `stored` holds the indexed columns of offers known to exist (may be
-/// empty): those are updated in place touching only the indexes whose
-/// columns change, the rest are upserted in batches.
+/// With `replaced` known, a write over a stored row updates it in place,
+/// touching only the indexes whose columns change, and the others are plain
+/// inserts; otherwise non-deleting writes are upserted. Rows go in batches.
 /// Returns the revision the caller reports: the new one, or the current one
 /// when the plan is empty (nothing written, no revision taken).
 pub(crate) fn apply_plan(
@@ -334,7 +331,7 @@ pub(crate) fn apply_plan(
     plan: &WritePlan,
     ctx: &WriteContext,
     now: Timestamp,
-    stored: &HashMap<String, IndexedColumns>,
+    replaced: Replaced<'_>,
 ) -> StoreResult<Revision> {
     let current = current_revision(conn)?;
     if plan.is_empty() {
@@ -347,10 +344,6 @@ pub(crate) fn apply_plan(
         ctx.operation_id.clone()
     };
     let prepare = |sql: String| conn.prepare_cached(&sql).map_err(map_err);
-    let mut upsert_full = prepare(upsert_sql(BATCH_ROWS))?;
-    let mut upsert_one = prepare(upsert_sql(1))?;
-    let mut delete_full = prepare(delete_sql(BATCH_ROWS))?;
-    let mut delete_one = prepare(delete_sql(1))?;
     let bind_upsert = |stmt: &mut Statement<'_>, next: usize, w: &&PlannedWrite| {
         let next = bind_offer(stmt, next, &w.offer)?;
         stmt.raw_bind_parameter(next, w.offer.expires_at().map(Timestamp::as_nanos))?;
@@ -369,21 +362,29 @@ pub(crate) fn apply_plan(
     // One prepared narrow UPDATE per set of changed indexed columns, looked
     // up by mask rather than by SQL text for each row.
     let mut narrow: HashMap<u8, CachedStatement<'_>> = HashMap::new();
-    let mut rest = plan.writes.as_slice();
-    while let Some(first) = rest.first() {
-        let deleting = is_delete(first);
-        let len = rest.iter().take_while(|w| is_delete(w) == deleting).count();
-        let (run, after) = rest.split_at(len);
-        let mut run: Vec<&PlannedWrite> = run.iter().collect();
-        run.sort_unstable_by(|a, b| a.offer.id.cmp(&b.offer.id));
+    let writes = plan.writes.as_slice();
+    let mut start = 0;
+    while start < writes.len() {
+        let deleting = is_delete(&writes[start]);
+        let len = writes[start..]
+            .iter()
+            .take_while(|w| is_delete(w) == deleting)
+            .count();
+        let mut run: Vec<usize> = (start..start + len).collect();
+        start += len;
+        run.sort_unstable_by(|&a, &b| writes[a].offer.id.cmp(&writes[b].offer.id));
+        let rows = |indexes: &[usize]| -> Vec<&PlannedWrite> {
+            indexes.iter().map(|&i| &writes[i]).collect()
+        };
         if deleting {
-            execute_batched(&run, &mut delete_full, &mut delete_one, bind_delete)
-        } else if stored.is_empty() {
-            execute_batched(&run, &mut upsert_full, &mut upsert_one, bind_upsert)
-        } else {
+            let mut full = prepare(delete_sql(BATCH_ROWS))?;
+            let mut one = prepare(delete_sql(1))?;
+            execute_batched(&rows(&run), &mut full, &mut one, bind_delete)
+        } else if let Replaced::Known(replaced) = replaced {
             let mut inserts: Vec<&PlannedWrite> = Vec::new();
-            for w in run {
-                match stored.get(&w.offer.id) {
+            for i in run {
+                let w = &writes[i];
+                match replaced.get(i).and_then(Option::as_ref) {
                     Some(old) => {
                         let mask = changed_indexed(old, &w.offer);
                         let stmt = match narrow.entry(mask) {
@@ -395,27 +396,38 @@ pub(crate) fn apply_plan(
                     None => inserts.push(w),
                 }
             }
-            execute_batched(&inserts, &mut upsert_full, &mut upsert_one, bind_upsert)
+            let mut full = prepare(insert_sql(BATCH_ROWS))?;
+            let mut one = prepare(insert_sql(1))?;
+            execute_batched(&inserts, &mut full, &mut one, bind_upsert)
+        } else {
+            let mut full = prepare(upsert_sql(BATCH_ROWS))?;
+            let mut one = prepare(upsert_sql(1))?;
+            execute_batched(&rows(&run), &mut full, &mut one, bind_upsert)
         }
         .map_err(map_err)?;
-        rest = after;
     }
+    conn.prepare_cached(
+        "INSERT INTO commits (revision, timestamp, origin, operation_id) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![revision, now.as_nanos(), ctx.origin, operation_id]))
+    .map_err(map_err)?;
     let mut log_full = prepare(log_sql(BATCH_ROWS))?;
     let mut log_one = prepare(log_sql(1))?;
-    let ts = now.as_nanos();
     let logged: Vec<(i64, &PlannedWrite)> = (0_i64..).zip(plan.writes.iter()).collect();
+    // SQLite copies each bound blob, so one buffer serves every row.
+    let mut blob = Vec::new();
     execute_batched(
         &logged,
         &mut log_full,
         &mut log_one,
         |stmt, next, (seq, w)| {
+            blob.clear();
+            codec::encode_offer(&w.offer, &mut blob);
             stmt.raw_bind_parameter(next, revision)?;
             stmt.raw_bind_parameter(next + 1, *seq)?;
             stmt.raw_bind_parameter(next + 2, w.change_type.wire_value())?;
-            stmt.raw_bind_parameter(next + 3, ts)?;
-            stmt.raw_bind_parameter(next + 4, &ctx.origin)?;
-            stmt.raw_bind_parameter(next + 5, &operation_id)?;
-            bind_offer(stmt, next + 6, &w.offer)
+            stmt.raw_bind_parameter(next + 3, blob.as_slice())?;
+            Ok(next + LOG_COLS)
         },
     )
     .map_err(map_err)?;
@@ -480,14 +492,17 @@ pub(crate) fn prune_changes(
     // revision order touches only the rows about to be deleted.
     let young: Option<i64> = conn
         .prepare_cached(
-            "SELECT revision FROM changes WHERE revision < ?1 AND timestamp > ?2 \
-             ORDER BY revision, seq LIMIT 1",
+            "SELECT revision FROM commits WHERE revision < ?1 AND timestamp > ?2 \
+             ORDER BY revision LIMIT 1",
         )
         .and_then(|mut s| s.query_row([cutoff, keep_after.0], |r| r.get(0)).optional())
         .map_err(map_err)?;
     let cutoff = young.map_or(cutoff, |y| y.min(cutoff));
     let deleted = conn
         .prepare_cached("DELETE FROM changes WHERE revision < ?1")
+        .and_then(|mut s| s.execute([cutoff]))
+        .map_err(map_err)?;
+    conn.prepare_cached("DELETE FROM commits WHERE revision < ?1")
         .and_then(|mut s| s.execute([cutoff]))
         .map_err(map_err)?;
     if deleted > 0 && pruned_through(conn)? < cutoff - 1 {
@@ -506,8 +521,10 @@ fn change_type_from_wire(v: i32) -> rusqlite::Result<ChangeType> {
     })
 }
 
-/// Changes with revision > `after`, in order, up to `limit` rows (see the
-/// caller for how batches are kept to whole revisions).
+/// The changes `sql_tail` selects (columns of `changes` are `c.`), each with
+/// its commit's time, origin and operation id. `LEFT JOIN` keeps the change
+/// log the outer loop, read in key order, and makes a change without its
+/// commit row an error rather than a silent gap.
 pub(crate) fn read_changes(
     conn: &Connection,
     sql_tail: &str,
@@ -515,12 +532,20 @@ pub(crate) fn read_changes(
 ) -> StoreResult<Vec<(i64, Change)>> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT revision, seq, change_type, timestamp, origin, operation_id, {OFFER_COLS} \
-             FROM changes {sql_tail}"
+            "SELECT c.revision, c.seq, c.change_type, m.timestamp, m.origin, m.operation_id, \
+             c.offer FROM changes c LEFT JOIN commits m ON m.revision = c.revision {sql_tail}"
         ))
         .map_err(map_err)?;
     let rows = stmt
         .query_map(args, |r| {
+            let blob = r.get_ref(6)?.as_blob()?;
+            let offer = codec::decode_offer(blob).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    6,
+                    Type::Blob,
+                    format!("stored change offer: {e}").into(),
+                )
+            })?;
             Ok((
                 r.get::<_, i64>(1)?,
                 Change {
@@ -529,7 +554,7 @@ pub(crate) fn read_changes(
                     timestamp: Timestamp(r.get(3)?),
                     origin: r.get(4)?,
                     operation_id: r.get(5)?,
-                    offer: offer_from_row(r, 6)?,
+                    offer,
                 },
             ))
         })

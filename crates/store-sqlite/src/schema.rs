@@ -1,8 +1,10 @@
 //! Opening connections, pragmas and the versioned schema migrations.
 
+use crate::codec;
 use crate::error::{map_err, unavailable_at};
+use crate::rows::{OFFER_COLS, offer_from_row};
 use offer_domain::StoreResult;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,15 +23,22 @@ const WAL_SIZE_LIMIT: i64 = 256 * 1024 * 1024;
 /// filters used, so the default of 16 would thrash.
 const STATEMENT_CACHE: usize = 128;
 
+/// One schema step: SQL, or code for what SQL alone cannot do.
+pub(crate) enum Migration {
+    Sql(&'static str),
+    Code(fn(&Transaction<'_>) -> StoreResult<()>),
+}
+
 /// The schema, one entry per version; `PRAGMA user_version` records how many
 /// have been applied. Append only: never edit an entry once released.
-pub(crate) const MIGRATIONS: &[&str] = &[
-    // v1: offers, the change log and the revision counter.
-    //
-    // WITHOUT ROWID clusters offers by id, which saves the separate primary
-    // key index and makes every secondary index end in id, so
-    // `(created_timestamp)` serves `ORDER BY created_timestamp, id`.
-    "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(
+        // v1: offers, the change log and the revision counter.
+        //
+        // WITHOUT ROWID clusters offers by id, which saves the separate primary
+        // key index and makes every secondary index end in id, so
+        // `(created_timestamp)` serves `ORDER BY created_timestamp, id`.
+        "
     CREATE TABLE offers (
         id TEXT PRIMARY KEY NOT NULL,
         offer_type TEXT NOT NULL,
@@ -91,6 +100,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('revision', 0), ('pruned_through', 0);
     ",
+    ),
     // v2: indexes shaped like the common listings (issue #7).
     //
     // Each index serves a filter prefix plus a sort key, so a page is an
@@ -112,7 +122,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // Other filters and sorts read the nearest of these and sort the rest.
     // v1's (borrow_token, collateral_token) and (created_timestamp) are
     // replaced; source and lender keep theirs (overwrite scopes, lookups).
-    "
+    Migration::Sql(
+        "
     DROP INDEX offers_created;
     DROP INDEX offers_pair;
     CREATE INDEX offers_created ON offers (created_timestamp DESC, id, expires_at);
@@ -121,7 +132,69 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         ON offers (collateral_token, created_timestamp DESC, id, expires_at);
     CREATE INDEX offers_amount ON offers (available_borrow_amount DESC, id, expires_at);
     ",
+    ),
+    // v3: the compact change log (issue #7): see `compact_change_log`.
+    Migration::Code(compact_change_log),
 ];
+
+/// v3: each change row holds the offer as one BLOB (`codec.rs`) and the
+/// commit's time, origin and operation id move to one `commits` row per
+/// revision, so logging a change binds and writes four values instead of
+/// twenty-two. Existing changes are converted, so resume points stay valid.
+fn compact_change_log(tx: &Transaction<'_>) -> StoreResult<()> {
+    tx.execute_batch(
+        "
+        CREATE TABLE commits (
+            revision INTEGER PRIMARY KEY NOT NULL,
+            timestamp INTEGER NOT NULL,
+            origin TEXT NOT NULL,
+            operation_id TEXT NOT NULL
+        );
+        -- Every row of a revision carries the same commit values.
+        INSERT INTO commits (revision, timestamp, origin, operation_id)
+            SELECT revision, MIN(timestamp), MIN(origin), MIN(operation_id)
+            FROM changes GROUP BY revision;
+        CREATE TABLE changes_v3 (
+            revision INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            change_type INTEGER NOT NULL,
+            offer BLOB NOT NULL,
+            PRIMARY KEY (revision, seq)
+        ) WITHOUT ROWID;
+        ",
+    )
+    .map_err(map_err)?;
+    {
+        let mut read = tx
+            .prepare(&format!(
+                "SELECT revision, seq, change_type, {OFFER_COLS} FROM changes ORDER BY revision, seq"
+            ))
+            .map_err(map_err)?;
+        let mut write = tx
+            .prepare(
+                "INSERT INTO changes_v3 (revision, seq, change_type, offer) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(map_err)?;
+        let mut rows = read.query([]).map_err(map_err)?;
+        let mut blob = Vec::new();
+        while let Some(row) = rows.next().map_err(map_err)? {
+            // v1 allowed NULL timestamps in the log; the offer type keeps them optional.
+            let offer = offer_from_row(row, 3).map_err(map_err)?;
+            blob.clear();
+            codec::encode_offer(&offer, &mut blob);
+            let key: (i64, i64, i64) = (
+                row.get(0).map_err(map_err)?,
+                row.get(1).map_err(map_err)?,
+                row.get(2).map_err(map_err)?,
+            );
+            write
+                .execute(rusqlite::params![key.0, key.1, key.2, blob])
+                .map_err(map_err)?;
+        }
+    }
+    tx.execute_batch("DROP TABLE changes; ALTER TABLE changes_v3 RENAME TO changes;")
+        .map_err(map_err)
+}
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -207,6 +280,12 @@ pub(crate) fn open_reader(path: &Path) -> StoreResult<Connection> {
 /// immediate transaction so two processes opening a new file cannot both
 /// migrate it and a crash leaves the old version intact.
 pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// [`migrate`] up to schema version `target` only (tests build old files
+/// with it).
+pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> StoreResult<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_err)?;
@@ -218,12 +297,24 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
             "schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        tx.execute_batch(sql).map_err(map_err)?;
+    let target = target.min(MIGRATIONS.len());
+    for (i, step) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target)
+        .skip(version.max(0) as usize)
+    {
+        match step {
+            Migration::Sql(sql) => tx.execute_batch(sql).map_err(map_err)?,
+            Migration::Code(run) => run(&tx)?,
+        }
         tracing::info!(version = i + 1, "applied SQLite schema migration");
     }
     // PRAGMA takes no bound parameters; the value is our own constant.
-    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-        .map_err(map_err)?;
+    tx.execute_batch(&format!(
+        "PRAGMA user_version = {}",
+        target.max(version.max(0) as usize)
+    ))
+    .map_err(map_err)?;
     tx.commit().map_err(map_err)
 }

@@ -516,8 +516,8 @@ async fn a_version_1_file_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v1.db");
     {
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        schema::migrate_to(&mut conn, 1).unwrap();
         conn.execute_batch(
             "PRAGMA user_version = 1;
              INSERT INTO offers (id, offer_type, collateral_token, borrow_token,
@@ -543,6 +543,114 @@ async fn a_version_1_file_is_migrated() {
     let page = store.list(&q).await.unwrap();
     assert_eq!(page.total, 1);
     assert_eq!(page.offers[0].id, "old");
+}
+
+/// A version 2 file (changes as one column per offer field) is upgraded to
+/// the compact change log with every change readable as before, and the
+/// log carries on from there.
+#[tokio::test]
+async fn a_version_2_change_log_is_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        schema::migrate_to(&mut conn, 2).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        // Revision 7 (two changes, the second with every optional field
+        // NULL) and revision 8, as v2 wrote them.
+        conn.execute_batch(
+            "UPDATE meta SET value = 8 WHERE key = 'revision';
+             UPDATE meta SET value = 6 WHERE key = 'pruned_through';
+             INSERT INTO offers (id, offer_type, collateral_token, borrow_token,
+               available_borrow_amount, max_open_ltv, liquidation_ltv, interest_rate,
+               interest_model, liquidity_source, created_timestamp, updated_timestamp,
+               source)
+             VALUES ('a', 'V1', 'SOL', 'USDC', 5.5, 0.5, 0.9, 0.125, 'floating',
+               'marginfi', 11, 12, 'src');
+             INSERT INTO changes VALUES
+               (7, 0, 1, 100, 'api', 'op-7', 'a', 'V1', 'SOL', 'USDC', 5.5, 0.5, 0.9,
+                0.125, 'floating', 30, 'marginfi', 'lender', 10, 11, 12, 'src'),
+               (7, 1, 3, 100, 'api', 'op-7', 'b', 'LV', 'ETH', 'USDT', 1.0, 0.25, 0.75,
+                0.0, 'fixed', NULL, 'lavarage', NULL, NULL, NULL, NULL, NULL),
+               (8, 0, 4, 200, 'backfiller', 'op-8', 'a', 'V1', 'SOL', 'USDC', 5.5, 0.5,
+                0.9, 0.125, 'floating', NULL, 'marginfi', NULL, NULL, 11, 12, 'src');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let version: i64 = with_writer(&store, |c| {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    });
+    assert_eq!(version, schema::SCHEMA_VERSION);
+    // Resume points before the log's start are still refused.
+    assert!(matches!(
+        store.changes_since(5, 100).await,
+        Err(StoreError::OutOfRange { oldest: 7, .. })
+    ));
+    let log = store.changes_since(6, 100).await.unwrap();
+    assert_eq!(log.head, 8);
+    let summary: Vec<_> = log
+        .changes
+        .iter()
+        .map(|c| {
+            (
+                c.revision,
+                c.change_type,
+                c.timestamp,
+                c.origin.as_str(),
+                c.operation_id.as_str(),
+                c.offer.id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (7, ChangeType::Created, Timestamp(100), "api", "op-7", "a"),
+            (7, ChangeType::Deleted, Timestamp(100), "api", "op-7", "b"),
+            (
+                8,
+                ChangeType::Overwritten,
+                Timestamp(200),
+                "backfiller",
+                "op-8",
+                "a"
+            ),
+        ]
+    );
+    let first = &log.changes[0].offer;
+    assert_eq!(first.offer_type, OfferType::V1);
+    assert_eq!(
+        (first.available_borrow_amount, first.interest_rate),
+        (5.5, 0.125)
+    );
+    assert_eq!(first.term_days, Some(30));
+    assert_eq!(first.lender_address.as_deref(), Some("lender"));
+    assert_eq!(first.last_borrowed_timestamp, Some(Timestamp(10)));
+    assert_eq!(
+        (first.created_timestamp, first.updated_timestamp),
+        (Some(Timestamp(11)), Some(Timestamp(12)))
+    );
+    assert_eq!(first.source.as_deref(), Some("src"));
+    let second = &log.changes[1].offer;
+    assert_eq!(
+        (second.offer_type, second.interest_model),
+        (OfferType::LV, offer_domain::InterestModel::Fixed)
+    );
+    assert_eq!(second.liquidity_source, "lavarage");
+    assert!(second.term_days.is_none() && second.lender_address.is_none());
+    assert!(second.created_timestamp.is_none() && second.source.is_none());
+    // New writes log after the converted ones.
+    store.create(offer(1), &ctx()).await.unwrap();
+    let next = store.changes_since(8, 100).await.unwrap();
+    assert_eq!(next.changes.len(), 1);
+    assert_eq!(next.changes[0].revision, 9);
+    assert_eq!(next.changes[0].offer.id, "offer-00001");
+    store.close().await.unwrap();
 }
 
 /// Overwrites update rows in place touching only the indexes whose columns
