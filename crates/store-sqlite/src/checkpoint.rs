@@ -103,7 +103,7 @@ mod tests {
             .unwrap();
         for _ in 0..200 {
             writer
-                .execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                .execute("INSERT INTO t VALUES (zeroblob(40000))", [])
                 .unwrap();
         }
         writer.execute_batch("COMMIT").unwrap();
