@@ -264,8 +264,13 @@ impl SqliteStore {
                     if logged > 0 {
                         // Still under the writer lock: the value never goes backwards.
                         inner.commits.send_replace(revision);
-                        if let Some(c) = inner.checkpointer.lock().as_ref() {
+                        let restart_due = inner.checkpointer.lock().as_ref().is_some_and(|c| {
                             c.wake();
+                            c.take_restart_due()
+                        });
+                        // Between two transactions, still holding the writer.
+                        if restart_due {
+                            checkpoint::restart(&writer.conn);
                         }
                     }
                 }
