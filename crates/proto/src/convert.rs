@@ -89,49 +89,134 @@ pub fn offer_from_pb(p: pb::MarginOffer) -> Result<MarginOffer, FieldError> {
     offer_from_pb_or_back(p).map_err(|(_, e)| e)
 }
 
-/// The items of a bulk write (`BulkCreateOrUpdate`, `BulkOverwrite`, the
-/// chunks of `OverwriteMarginOffersStream`), every string moved out of the
-/// wire message: no per-item allocation. When an item does not convert,
-/// returns the item errors as the store would report them and converts
-/// nothing: with `validate_all` every failing item in order, including
-/// validation failures of the items that did convert; else the first.
+/// The items of a bulk write (`BulkCreateOrUpdate`, `BulkOverwrite`), every
+/// string moved out of the wire message: no per-item allocation. When an
+/// item does not convert, returns the item errors as the store would report
+/// them and converts nothing: with `validate_all` every failing item in
+/// order, including validation failures of the items that did convert; else
+/// the first.
 pub fn bulk_offers_from_pb(
     items: Vec<pb::MarginOffer>,
     validate_all: bool,
 ) -> Result<Vec<MarginOffer>, Vec<BulkError>> {
-    let mut offers = Vec::with_capacity(items.len());
-    let mut items = items.into_iter().enumerate();
-    while let Some((index, item)) = items.next() {
+    let mut offers = BulkOffers::new(validate_all);
+    offers.push(items);
+    offers.finish()
+}
+
+/// [`bulk_offers_from_pb`] over items arriving in several messages (the
+/// chunks of `OverwriteMarginOffersStream`): each message is converted as it
+/// arrives and its wire form dropped, so a large request is never held twice.
+/// Indexes count across messages; [`BulkOffers::finish`] gives what
+/// `bulk_offers_from_pb` gives for all the items in one message.
+#[derive(Debug)]
+pub struct BulkOffers {
+    validate_all: bool,
+    /// How many items were pushed: the index of the next one.
+    next_index: usize,
+    state: BulkState,
+}
+
+#[derive(Debug)]
+enum BulkState {
+    Converting(Vec<MarginOffer>),
+    /// An item did not parse: from here on only errors are kept. `complete`
+    /// once no later item can add one (the first error, without `validate_all`).
+    Failed {
+        errors: Vec<BulkError>,
+        complete: bool,
+    },
+}
+
+impl BulkOffers {
+    pub fn new(validate_all: bool) -> Self {
+        BulkOffers {
+            validate_all,
+            next_index: 0,
+            state: BulkState::Converting(Vec::new()),
+        }
+    }
+
+    /// Converts the next items, consuming their wire form.
+    pub fn push(&mut self, items: Vec<pb::MarginOffer>) {
+        let first_index = self.next_index;
+        self.next_index += items.len();
+        let mut items = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| (first_index + i, item));
+        if let BulkState::Converting(offers) = &mut self.state {
+            offers.reserve(items.len());
+            match convert_until_failure(offers, &mut items, self.validate_all) {
+                None => return,
+                Some(failed) => self.state = failed,
+            }
+        }
+        if let BulkState::Failed { errors, complete } = &mut self.state
+            && !*complete
+        {
+            let rest = items.map(|(i, item)| match offer_from_pb_or_back(item) {
+                Ok(o) => {
+                    let failure = check_offer(&o).err();
+                    (i, o.id, failure)
+                }
+                Err((id, e)) => (i, id, Some(e)),
+            });
+            *complete = collect_errors(errors, rest, self.validate_all);
+        }
+    }
+
+    /// The converted offers, or the item errors of the whole request.
+    pub fn finish(self) -> Result<Vec<MarginOffer>, Vec<BulkError>> {
+        match self.state {
+            BulkState::Converting(offers) => Ok(offers),
+            BulkState::Failed { errors, .. } => Err(errors),
+        }
+    }
+}
+
+/// Converts `items` into `offers` until one does not parse; then the errors
+/// so far (the converted offers are validated only now, the slow path where
+/// ids are copied into errors) as the failed state.
+fn convert_until_failure(
+    offers: &mut Vec<MarginOffer>,
+    items: &mut impl Iterator<Item = (usize, pb::MarginOffer)>,
+    validate_all: bool,
+) -> Option<BulkState> {
+    for (index, item) in items {
         match offer_from_pb_or_back(item) {
             Ok(offer) => offers.push(offer),
             Err((id, err)) => {
-                // The slow path: only now are ids copied into errors.
                 let mut errors = Vec::new();
                 let converted = offers.iter().enumerate().map(|(i, o)| {
                     let failure = check_offer(o).err();
                     (i, o.id.as_str().to_owned(), failure)
                 });
                 let failing = std::iter::once((index, id, Some(err)));
-                let rest = items.map(|(i, item)| match offer_from_pb_or_back(item) {
-                    Ok(o) => {
-                        let failure = check_offer(&o).err();
-                        (i, o.id, failure)
-                    }
-                    Err((id, e)) => (i, id, Some(e)),
-                });
-                for (i, id, failure) in converted.chain(failing).chain(rest) {
-                    if let Some(e) = failure {
-                        errors.push(BulkError::invalid(i, &id, &e));
-                        if !validate_all {
-                            break;
-                        }
-                    }
-                }
-                return Err(errors);
+                let complete = collect_errors(&mut errors, converted.chain(failing), validate_all);
+                return Some(BulkState::Failed { errors, complete });
             }
         }
     }
-    Ok(offers)
+    None
+}
+
+/// Appends the failures of `items`; true once the first is in and
+/// `validate_all` is off, i.e. no later item can add one.
+fn collect_errors(
+    errors: &mut Vec<BulkError>,
+    items: impl Iterator<Item = (usize, String, Option<FieldError>)>,
+    validate_all: bool,
+) -> bool {
+    for (index, id, failure) in items {
+        if let Some(e) = failure {
+            errors.push(BulkError::invalid(index, &id, &e));
+            if !validate_all {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Whether the store would accept the offer, without moving it.
@@ -1098,5 +1183,37 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("valid");
         assert_eq!(bulk_offers_from_pb(all_good, false).ok(), Some(expected));
+    }
+
+    #[test]
+    fn bulk_items_pushed_in_pieces_convert_and_fail_as_in_one_message() {
+        let good = |id: &str| offer_to_pb(MarginOffer::example(id));
+        let mut invalid = good("b");
+        invalid.max_open_ltv = 2.0;
+        let mut unparsable = good("c");
+        unparsable.offer_type = "XX".into();
+        let mut unparsable_too = good("e");
+        unparsable_too.interest_model = "?".into();
+        let sets = [
+            vec![good("a"), invalid, unparsable, good("d"), unparsable_too],
+            vec![good("a"), good("d"), good("f")],
+        ];
+        for items in sets {
+            for validate_all in [false, true] {
+                let whole = bulk_offers_from_pb(items.clone(), validate_all);
+                // Every split into two pieces, and one message per item.
+                for cut in 0..=items.len() {
+                    let mut pieces = BulkOffers::new(validate_all);
+                    pieces.push(items[..cut].to_vec());
+                    pieces.push(items[cut..].to_vec());
+                    assert_eq!(pieces.finish(), whole, "cut at {cut}");
+                }
+                let mut singles = BulkOffers::new(validate_all);
+                for item in &items {
+                    singles.push(vec![item.clone()]);
+                }
+                assert_eq!(singles.finish(), whole);
+            }
+        }
     }
 }

@@ -503,30 +503,13 @@ impl GrpcStore {
         chunk_size: usize,
         ctx: &WriteContext,
     ) -> StoreResult<OverwriteOutcome> {
-        let chunk_size = chunk_size.max(1);
-        let filter = req.filter.as_ref().map(cv::overwrite_filter_to_pb);
-        let mut chunks: Vec<pb::OverwriteChunk> = Vec::new();
-        let mut offers = req.offers.into_iter().map(cv::offer_to_pb).peekable();
-        // Always at least one chunk: it carries the filter and flags.
-        loop {
-            let batch: Vec<pb::MarginOffer> = offers.by_ref().take(chunk_size).collect();
-            let first = chunks.is_empty();
-            chunks.push(pb::OverwriteChunk {
-                filter: if first { filter.clone() } else { None },
-                offers: batch,
-                validate_all: req.validate_all,
-                dry_run: req.dry_run,
-            });
-            if offers.peek().is_none() {
-                break;
-            }
-        }
-        // The chunks stay a Vec so a retry can resend the whole stream; the
-        // server applies nothing until the stream is complete.
+        let upload = ChunkedOverwrite::new(req, chunk_size);
+        // The server applies nothing until the stream is complete, so a
+        // retry resends the whole stream from the shared offers.
         let opts = write(ctx, "OverwriteMarginOffersStream", true);
         let out = self
-            .call(chunks, opts, |mut c, r| async move {
-                c.overwrite_margin_offers_stream(r.map(tokio_stream::iter))
+            .call(upload, opts, |mut c, r| async move {
+                c.overwrite_margin_offers_stream(r.map(ChunkedOverwrite::into_chunks))
                     .await
             })
             .await?;
@@ -539,6 +522,54 @@ impl GrpcStore {
             c.health_check(r).await
         })
         .await
+    }
+}
+
+/// The offers of a streamed overwrite, shared by every attempt of the call
+/// (cloning it is cheap). Each attempt encodes its chunks only as the
+/// transport takes them, so the wire form of the whole request is never
+/// built, and encoding overlaps sending.
+#[derive(Clone)]
+struct ChunkedOverwrite {
+    offers: Arc<[MarginOffer]>,
+    filter: Option<pb::OverwriteFilter>,
+    validate_all: bool,
+    dry_run: bool,
+    chunk_size: usize,
+}
+
+impl ChunkedOverwrite {
+    fn new(req: OverwriteRequest, chunk_size: usize) -> Self {
+        ChunkedOverwrite {
+            filter: req.filter.as_ref().map(cv::overwrite_filter_to_pb),
+            offers: req.offers.into(),
+            validate_all: req.validate_all,
+            dry_run: req.dry_run,
+            chunk_size: chunk_size.max(1),
+        }
+    }
+
+    /// The request stream: always at least one chunk, the first carrying the
+    /// filter and flags.
+    fn into_chunks(self) -> impl tokio_stream::Stream<Item = pb::OverwriteChunk> + Send + 'static {
+        let count = self.offers.len().div_ceil(self.chunk_size).max(1);
+        tokio_stream::iter((0..count).map(move |k| {
+            let start = k * self.chunk_size;
+            let end = (start + self.chunk_size).min(self.offers.len());
+            pb::OverwriteChunk {
+                filter: if k == 0 { self.filter.clone() } else { None },
+                offers: self
+                    .offers
+                    .get(start..end)
+                    .unwrap_or_default()
+                    .iter()
+                    .cloned()
+                    .map(cv::offer_to_pb)
+                    .collect(),
+                validate_all: self.validate_all,
+                dry_run: self.dry_run,
+            }
+        }))
     }
 }
 

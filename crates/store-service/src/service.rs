@@ -6,8 +6,8 @@ use crate::{
 use offer_domain::validate::validate_id;
 use offer_domain::{
     BulkCreateOptions, BulkDeleteOptions, BulkError, BulkOutcome, BulkUpdateOptions,
-    BulkUpsertOptions, FieldError, OverwriteOutcome, OverwriteRequest, StoreError, Timestamp,
-    WriteContext,
+    BulkUpsertOptions, FieldError, MarginOffer, OverwriteOutcome, OverwriteRequest, StoreError,
+    Timestamp, WriteContext,
 };
 use offer_proto::convert::{self as cv, code_name, status_from_error, status_from_field_error};
 use offer_proto::pb;
@@ -170,16 +170,17 @@ impl MarginOfferGrpc {
         })
     }
 
+    /// An overwrite whose items are already converted (or failed to).
     pub(crate) async fn apply_overwrite(
         &self,
-        offers: Vec<pb::MarginOffer>,
+        offers: Result<Vec<MarginOffer>, Vec<BulkError>>,
         filter: Option<pb::OverwriteFilter>,
         validate_all: bool,
         dry_run: bool,
         ctx: WriteContext,
     ) -> Result<pb::BulkOverwriteResponse, Status> {
         let filter = cv::opt_overwrite_filter_from_pb(filter).map_err(field_err)?;
-        let offers = match cv::bulk_offers_from_pb(offers, validate_all) {
+        let offers = match offers {
             Ok(o) => o,
             Err(errors) => {
                 return Ok(cv::overwrite_outcome_to_pb(OverwriteOutcome {
@@ -420,8 +421,9 @@ impl MarginOfferService for MarginOfferGrpc {
             let ctx = write_ctx(request.metadata());
             let r = request.into_inner();
             self.check_bulk_size(r.offers.len())?;
+            let offers = cv::bulk_offers_from_pb(r.offers, r.validate_all);
             let out = self
-                .apply_overwrite(r.offers, r.filter, r.validate_all, r.dry_run, ctx)
+                .apply_overwrite(offers, r.filter, r.validate_all, r.dry_run, ctx)
                 .await?;
             Ok(Response::new(out))
         })
@@ -486,15 +488,18 @@ impl MarginOfferService for MarginOfferGrpc {
             let ctx = write_ctx(request.metadata());
             let mut stream = request.into_inner();
             let mut head: Option<(Option<pb::OverwriteFilter>, bool, bool)> = None;
-            let mut offers = Vec::new();
+            // Each chunk is converted as it arrives and its wire form dropped,
+            // so the request is never held as proto and domain values at once.
+            let mut offers: Option<cv::BulkOffers> = None;
             // Nothing is applied until the client closes the stream; an error
             // or a cancellation (this future dropped) returns before the store
             // is ever called.
             while let Some(chunk) = stream.message().await? {
+                let items = offers.get_or_insert_with(|| cv::BulkOffers::new(chunk.validate_all));
                 if head.is_none() {
                     head = Some((chunk.filter, chunk.validate_all, chunk.dry_run));
                 }
-                offers.extend(chunk.offers);
+                items.push(chunk.offers);
             }
             // tonic reports a client's RST_STREAM(CANCEL) as a clean end of
             // the request stream, so a cancelled upload looks complete here.
@@ -503,6 +508,7 @@ impl MarginOfferService for MarginOfferGrpc {
             // handler, so nothing is applied.
             tokio::task::yield_now().await;
             let (filter, validate_all, dry_run) = head.unwrap_or((None, false, false));
+            let offers = offers.map_or_else(|| Ok(Vec::new()), cv::BulkOffers::finish);
             let out = self
                 .apply_overwrite(offers, filter, validate_all, dry_run, ctx)
                 .await?;
