@@ -25,19 +25,8 @@ if [[ -z "${PAIRS:-}" ]]; then
 fi
 
 WORK="$(mktemp -d /tmp/bench-overwrite.XXXXXX)"
-STORE_PID=""
-stop_store() {
-    if [[ -n "$STORE_PID" ]]; then
-        kill "$STORE_PID" 2>/dev/null || true
-        wait "$STORE_PID" 2>/dev/null || true
-        STORE_PID=""
-    fi
-}
+source scripts/bench-lib.sh
 trap 'stop_store; rm -rf "$WORK"' EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 for run in $(seq 1 "$RUNS"); do
     for backend in $BACKENDS; do
@@ -50,17 +39,8 @@ for run in $(seq 1 "$RUNS"); do
                 sqlite) url="sqlite://$WORK/offers.db" ;;
                 *) echo "unknown backend $backend (memory or sqlite)" >&2; exit 2 ;;
             esac
-            grpc_port="$(free_port)"
-            http_port="$(free_port)"
-            "$store" --addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" \
-                --database-url "$url" --log-level warn >"$WORK/store.log" 2>&1 &
-            STORE_PID=$!
-            for _ in $(seq 1 600); do
-                curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
-                kill -0 "$STORE_PID" 2>/dev/null || { cat "$WORK/store.log" >&2; exit 1; }
-                sleep 0.1
-            done
-            line="$("$loadgen" --addr "127.0.0.1:$grpc_port" --offers 1000 run --mix overwrite \
+            start_store "$store" "$url" "$WORK/store.log"
+            line="$("$loadgen" --addr "127.0.0.1:$GRPC_PORT" --offers 1000 run --mix overwrite \
                 --duration "$DURATION" --overwrite-offers "$OVERWRITE_OFFERS" | grep '^overwrite stream')"
             peak="$(awk '/^VmHWM/ {printf "%.0f", $2/1024}' "/proc/$STORE_PID/status")"
             stop_store

@@ -34,16 +34,9 @@ STORE="$TARGET_DIR/release/store"
 LOADGEN="$TARGET_DIR/release/loadgen"
 
 WORK="$(mktemp -d /tmp/loadgen-bench.XXXXXX)"
-STORE_PID=""
 source "$ROOT/scripts/pg.sh"
+source "$ROOT/scripts/bench-lib.sh"
 
-stop_store() {
-    if [[ -n "$STORE_PID" ]]; then
-        kill "$STORE_PID" 2>/dev/null || true
-        wait "$STORE_PID" 2>/dev/null || true
-        STORE_PID=""
-    fi
-}
 cleanup() {
     stop_store
     # The benchmark's database holds a million-offer copy or two: not kept.
@@ -55,17 +48,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 pg_start
 BENCH_DB_URL="${TEST_DATABASE_URL%/*}/loadgen_bench"
 psql -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS loadgen_bench" -c "CREATE DATABASE loadgen_bench"
-
-rss_of() { # pid -> "VmRSS=… VmHWM=…" (MiB)
-    awk '/^VmRSS|^VmHWM/ {sub(":", "", $1); printf "%s=%.0fMiB ", $1, $2/1024}' "/proc/$1/status"
-}
 
 declare -A SUMMARY
 for backend in $BACKENDS; do
@@ -78,19 +63,10 @@ for backend in $BACKENDS; do
             url="$BENCH_DB_URL" ;;
         *) echo "unknown backend $backend" >&2; exit 2 ;;
     esac
-    grpc_port="$(free_port)"
-    http_port="$(free_port)"
+    start_store "$STORE" "$url" "$WORK/store-$backend.log"
     echo
-    echo "==> $backend: store on 127.0.0.1:$grpc_port ($url)"
-    "$STORE" --addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" \
-        --database-url "$url" --log-level warn >"$WORK/store-$backend.log" 2>&1 &
-    STORE_PID=$!
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
-        kill -0 "$STORE_PID" 2>/dev/null || { cat "$WORK/store-$backend.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    export STORE_ADDR="127.0.0.1:$grpc_port"
+    echo "==> $backend: store on 127.0.0.1:$GRPC_PORT ($url)"
+    export STORE_ADDR="127.0.0.1:$GRPC_PORT"
     "$LOADGEN" --offers "$OFFERS" load | tee "$WORK/load-$backend.txt"
     rss_loaded="$(rss_of "$STORE_PID")"
     echo "store RSS after load ($backend, $OFFERS offers): $rss_loaded"
