@@ -621,21 +621,32 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
     /// once both halves are read (in either order).
     fn keyed_account(&mut self, s: &mut Scanner<'_>) -> ScanResult<()> {
         let start = s.pos;
-        if let Some((pubkey, (lamports, owner, executable))) = self.exact_keyed_account(s) {
-            (self.visit)(
-                &pubkey,
-                AccountRef {
-                    lamports,
-                    owner,
-                    data: self.data,
-                    executable,
-                },
-            );
-            return Ok(());
-        }
-        // Any other layout, or an error: the general reader, which also
-        // names what is wrong.
-        s.pos = start;
+        let (pubkey, (lamports, owner, executable)) = match self.exact_keyed_account(s) {
+            Some(read) => read,
+            // Any other layout, or an error: the general reader, which also
+            // names what is wrong.
+            None => {
+                s.pos = start;
+                self.general_keyed_account(s)?
+            }
+        };
+        (self.visit)(
+            &pubkey,
+            AccountRef {
+                lamports,
+                owner,
+                data: self.data,
+                executable,
+            },
+        );
+        Ok(())
+    }
+
+    /// [`Self::keyed_account`]'s halves in any order and layout.
+    fn general_keyed_account(
+        &mut self,
+        s: &mut Scanner<'_>,
+    ) -> ScanResult<(Pubkey, (u64, Pubkey, bool))> {
         let mut pubkey = None;
         let mut account = None;
         s.object(|s, key| match key {
@@ -651,18 +662,8 @@ impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
             _ => s.skip_value(1),
         })?;
         let pubkey = pubkey.ok_or_else(|| s.error("missing field `pubkey`"))?;
-        let (lamports, owner, executable) =
-            account.ok_or_else(|| s.error("missing field `account`"))?;
-        (self.visit)(
-            &pubkey,
-            AccountRef {
-                lamports,
-                owner,
-                data: self.data,
-                executable,
-            },
-        );
-        Ok(())
+        let account = account.ok_or_else(|| s.error("missing field `account`"))?;
+        Ok((pubkey, account))
     }
 
     /// An account's fields; its data goes to the shared buffer.
