@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub(crate) struct Checkpointer {
     wake: SyncSender<()>,
@@ -41,16 +42,27 @@ fn checkpoint(conn: &rusqlite::Connection, restart_frames: i64) -> rusqlite::Res
     Ok(wal_frames > restart_frames)
 }
 
+/// How long a restart waits for readers of older snapshots. Every write
+/// waits behind it, and a long read (an archive export) may hold it up for
+/// seconds, so it gives up soon; the next checkpoint marks it due again.
+const RESTART_WAIT: Duration = Duration::from_millis(100);
+
 /// Run by the writer between transactions: copies the few frames the
-/// last `PASSIVE` checkpoint left, waits (busy timeout) for readers of
-/// older snapshots, and makes the next write start the WAL over (which
+/// last `PASSIVE` checkpoint left, waits up to [`RESTART_WAIT`] for readers
+/// of older snapshots, and makes the next write start the WAL over (which
 /// `journal_size_limit` then truncates).
 pub(crate) fn restart(writer: &rusqlite::Connection) {
+    let wait = |timeout| {
+        if let Err(e) = writer.busy_timeout(timeout) {
+            tracing::warn!(error = %e, "cannot set the SQLite busy timeout");
+        }
+    };
+    wait(RESTART_WAIT);
     let done = writer.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+    wait(schema::BUSY_TIMEOUT);
     match done {
         Ok(0) => {}
-        // A reader outlasted the busy timeout; the next due restart retries.
-        Ok(_) => tracing::debug!("SQLite WAL restart waited out its busy timeout"),
+        Ok(_) => tracing::debug!("SQLite WAL restart gave way to a long read; retried later"),
         Err(e) => tracing::warn!(error = %e, "SQLite WAL restart failed"),
     }
 }
@@ -146,5 +158,38 @@ mod tests {
             .execute("INSERT INTO t VALUES (zeroblob(10))", [])
             .unwrap();
         assert!(wal_frames() < 10);
+    }
+
+    /// A reader holding an old snapshot makes the restart give way within
+    /// its short wait (writes queue behind it), and the busy timeout of
+    /// ordinary statements is back afterwards.
+    #[test]
+    fn a_restart_gives_way_to_a_long_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let writer = schema::open_writer(&path).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (x BLOB); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let mut reader = schema::open_reader(&path).unwrap();
+        let read = reader.transaction().unwrap();
+        let _: i64 = read
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        writer.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        let started = std::time::Instant::now();
+        restart(&writer);
+        let waited = started.elapsed();
+        assert!(
+            waited >= RESTART_WAIT / 2,
+            "it waited for the reader: {waited:?}"
+        );
+        assert!(waited < schema::BUSY_TIMEOUT / 2, "it gave way: {waited:?}");
+        drop(read);
+        // Back to the long timeout for the writer's own statements.
+        let busy_ms: i64 = writer
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy_ms, schema::BUSY_TIMEOUT.as_millis() as i64);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// How long a connection waits on a lock held by another connection before
 /// reporting `Unavailable`; long enough to ride out a checkpoint.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The writer's page cache in KiB (SQLite's default is 2 MiB).
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
