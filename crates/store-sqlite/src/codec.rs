@@ -194,6 +194,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use proptest::prelude::*;
 
     fn full() -> MarginOffer {
         let mut o = MarginOffer::example("ünïcode-id-".repeat(20));
@@ -251,5 +252,97 @@ mod tests {
             VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
         ];
         assert!(decode_offer(&endless_length).is_err());
+    }
+
+    fn offer_strategy() -> impl Strategy<Value = MarginOffer> {
+        let text = || proptest::string::string_regex("[a-zA-Z0-9 é€]{0,40}").unwrap();
+        let time = || proptest::option::of(any::<i64>().prop_map(Timestamp));
+        (
+            (
+                text(),
+                0..3usize,
+                text(),
+                text(),
+                any::<f64>(),
+                any::<f64>(),
+            ),
+            (any::<f64>(), any::<f64>(), any::<bool>()),
+            (
+                proptest::option::of(any::<i32>()),
+                text(),
+                proptest::option::of(text()),
+            ),
+            (time(), time(), time(), proptest::option::of(text())),
+        )
+            .prop_map(|(a, b, c, d)| MarginOffer {
+                id: a.0,
+                offer_type: OfferType::ALL[a.1],
+                collateral_token: a.2,
+                borrow_token: a.3,
+                available_borrow_amount: a.4,
+                max_open_ltv: a.5,
+                liquidation_ltv: b.0,
+                interest_rate: b.1,
+                interest_model: if b.2 {
+                    InterestModel::Fixed
+                } else {
+                    InterestModel::Floating
+                },
+                term_days: c.0,
+                liquidity_source: c.1,
+                lender_address: c.2,
+                last_borrowed_timestamp: d.0,
+                created_timestamp: d.1,
+                updated_timestamp: d.2,
+                source: d.3,
+            })
+    }
+
+    /// Floats compared by bits, so NaN payloads and -0.0 count too.
+    fn same(a: &MarginOffer, b: &MarginOffer) -> bool {
+        let bits = |o: &MarginOffer| {
+            [
+                o.available_borrow_amount,
+                o.max_open_ltv,
+                o.liquidation_ltv,
+                o.interest_rate,
+            ]
+            .map(f64::to_bits)
+        };
+        let without_floats = |o: &MarginOffer| MarginOffer {
+            available_borrow_amount: 0.0,
+            max_open_ltv: 0.0,
+            liquidation_ltv: 0.0,
+            interest_rate: 0.0,
+            ..o.clone()
+        };
+        bits(a) == bits(b) && without_floats(a) == without_floats(b)
+    }
+
+    proptest! {
+        #[test]
+        fn any_offer_round_trips(o in offer_strategy()) {
+            let mut buf = Vec::new();
+            encode_offer(&o, &mut buf);
+            let back = decode_offer(&buf).unwrap();
+            prop_assert!(same(&back, &o), "{back:?} != {o:?}");
+        }
+
+        /// Arbitrary bytes, and encodings with one byte changed, decode to
+        /// an offer or an error; never a panic.
+        #[test]
+        fn any_bytes_decode_or_fail(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            o in offer_strategy(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let _ = decode_offer(&bytes);
+            let mut buf = Vec::new();
+            encode_offer(&o, &mut buf);
+            let i = at.index(buf.len());
+            buf[i] = byte;
+            let _ = decode_offer(&buf);
+        }
     }
 }
