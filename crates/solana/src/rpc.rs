@@ -281,12 +281,7 @@ impl RpcClient {
             &params,
             self.opts.program_accounts_timeout,
             |body| {
-                let mut reader = scan::AccountReader {
-                    visit: &mut visit,
-                    data: &mut data,
-                    owner: &mut owner,
-                    exact_layout: true,
-                };
+                let mut reader = scan::AccountReader::new(&mut visit, &mut data, &mut owner);
                 parse_scanned(METHOD, body, |s| reader.accounts(s))
             },
         )
@@ -340,12 +335,8 @@ impl RpcClient {
                     &params,
                     self.opts.program_accounts_timeout,
                     |body| {
-                        let mut reader = scan::AccountReader {
-                            visit: &mut visit,
-                            data: &mut data,
-                            owner: &mut owner,
-                            exact_layout: true,
-                        };
+                        let mut reader =
+                            scan::AccountReader::new(&mut visit, &mut data, &mut owner);
                         parse_scanned(METHOD, body, |s| reader.v2_page(s))
                     },
                 )
@@ -731,12 +722,7 @@ pub fn parse_program_accounts_response_with(
 ) -> Result<usize, RpcError> {
     const METHOD: &str = "getProgramAccounts";
     let (mut data, mut owner) = (Vec::new(), None);
-    let mut reader = scan::AccountReader {
-        visit: &mut visit,
-        data: &mut data,
-        owner: &mut owner,
-        exact_layout: true,
-    };
+    let mut reader = scan::AccountReader::new(&mut visit, &mut data, &mut owner);
     parse_scanned(METHOD, body, |s| reader.accounts(s)).map_err(|failure| match failure {
         Failure::Final(e) => e,
         Failure::Retry { message, .. } => RpcError::Transient {

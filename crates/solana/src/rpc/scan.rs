@@ -549,7 +549,22 @@ pub(super) struct AccountReader<'v, F> {
     pub exact_layout: bool,
 }
 
-impl<F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'_, F> {
+impl<'v, F: FnMut(&Pubkey, AccountRef<'_>)> AccountReader<'v, F> {
+    /// A reader that tries the exact layout first, with buffers the caller
+    /// keeps across responses (pages).
+    pub fn new(
+        visit: &'v mut F,
+        data: &'v mut Vec<u8>,
+        owner: &'v mut Option<(Vec<u8>, Pubkey)>,
+    ) -> Self {
+        AccountReader {
+            visit,
+            data,
+            owner,
+            exact_layout: true,
+        }
+    }
+
     /// A `getProgramAccounts` result: an array of keyed accounts, or
     /// `{context, value}`; `None` for null. Yields the account count.
     pub fn accounts(&mut self, s: &mut Scanner<'_>) -> ScanResult<Option<usize>> {
