@@ -28,9 +28,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use store_client::{GrpcStore, RetryPolicy, WatchEvent, WatchFilter, WatchRequest};
+use store_client::{GrpcStore, RetryPolicy, WatchFilter, WatchRequest};
 use store_postgres::{PgOptions, PgStore};
-use tokio_stream::StreamExt as _;
+use store_testkit::collect_watch;
 
 const WRITERS: usize = 4;
 /// Write calls per writer (creates, updates, deletes, upserts, overwrites).
@@ -219,31 +219,6 @@ fn matches(r: &WatchRequest, c: &Change) -> bool {
         && eq(&f.lender_address, c.offer.lender_address.as_deref())
 }
 
-/// Collects a watch until a heartbeat at `until` (set once writes end).
-async fn collect(
-    store: GrpcStore,
-    req: WatchRequest,
-    until: tokio::sync::watch::Receiver<Option<Revision>>,
-) -> Vec<Change> {
-    let mut s = store.watch(req);
-    let mut out = Vec::new();
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(60), s.next())
-            .await
-            .expect("an event within 60 s")
-            .expect("stream open")
-            .expect("no fatal error");
-        match ev {
-            WatchEvent::Change(c) => out.push(c),
-            WatchEvent::Heartbeat { revision } => {
-                if until.borrow().is_some_and(|u| revision >= u) {
-                    return out;
-                }
-            }
-        }
-    }
-}
-
 fn start(url: &str, grpc: &str) -> Server {
     Server::start_with(&[
         "--addr",
@@ -349,7 +324,7 @@ async fn two_instances_four_writers_four_subscribers_survive_a_kill() {
             ..sub.request
         };
         let c = GrpcStore::connect(&addr.to_string()).await.unwrap();
-        let task = tokio::spawn(collect(c, req.clone(), until_rx.clone()));
+        let task = tokio::spawn(collect_watch(c, req.clone(), until_rx.clone()));
         collectors.push((sub.name, req, task));
     }
 

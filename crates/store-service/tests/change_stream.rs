@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store_client::{GrpcStore, WatchEvent, WatchFilter, WatchRequest};
 use store_service::ServiceConfig;
+use store_testkit::collect_watch;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt as _;
@@ -489,31 +490,6 @@ async fn postgres_200_subscribers_receive_exactly_their_changes() {
     // Half the SQLite figure: each write is several round trips to the server.
     if let Some(kind) = Kind::postgres() {
         fan_out_exact(kind, writes_per_writer() / 10).await;
-    }
-}
-
-/// Collects a watch until a heartbeat at `until`.
-async fn collect_watch(
-    store: GrpcStore,
-    req: WatchRequest,
-    until: tokio::sync::watch::Receiver<Option<Revision>>,
-) -> Vec<Change> {
-    let mut s = store.watch(req);
-    let mut out = Vec::new();
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(60), s.next())
-            .await
-            .expect("an event within 60 s")
-            .expect("stream open")
-            .expect("no error");
-        match ev {
-            WatchEvent::Change(c) => out.push(c),
-            WatchEvent::Heartbeat { revision } => {
-                if until.borrow().is_some_and(|u| revision >= u) {
-                    return out;
-                }
-            }
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Dev-only helpers for end-to-end tests that run the real `store` binary:
 //! finding (building) it, starting it on free loopback ports, collecting its
-//! output, and stopping it. Panics are the failure reports here.
+//! output, and stopping it; and collecting a watch over gRPC. Panics are the
+//! failure reports here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read};
@@ -9,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
+
+use offer_domain::{Change, Revision};
+use store_client::{GrpcStore, WatchEvent, WatchRequest};
+use tokio_stream::StreamExt as _;
 
 /// Variables of the `store` binary a developer's shell may set; removed so
 /// a test runs the flags it passes and nothing else.
@@ -281,4 +286,31 @@ fn read_all(mut r: impl Read) -> Vec<u8> {
     let mut v = Vec::new();
     let _ = r.read_to_end(&mut v);
     v
+}
+
+/// Collects a watch's changes until a heartbeat reaches the revision in
+/// `until` (set once the writers are done); panics on a stream error or on
+/// 60 s without an event.
+pub async fn collect_watch(
+    store: GrpcStore,
+    req: WatchRequest,
+    until: tokio::sync::watch::Receiver<Option<Revision>>,
+) -> Vec<Change> {
+    let mut s = store.watch(req);
+    let mut out = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(60), s.next())
+            .await
+            .expect("an event within 60 s")
+            .expect("stream open")
+            .expect("no fatal error");
+        match ev {
+            WatchEvent::Change(c) => out.push(c),
+            WatchEvent::Heartbeat { revision } => {
+                if until.borrow().is_some_and(|u| revision >= u) {
+                    return out;
+                }
+            }
+        }
+    }
 }
