@@ -1,7 +1,7 @@
 //! The flags and environment variables of `backfiller.md`.
 
 use backfill::SourceKind;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,13 +76,7 @@ pub struct Cli {
     pub log_level: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use service_kit::logging::LogFormat;
 
 /// `--source`: one kind, or every kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -78,27 +78,15 @@ pub fn init_logging(
     level: Option<&str>,
     bars: Option<indicatif::MultiProgress>,
 ) -> Result<(), Failure> {
-    use tracing_subscriber::EnvFilter;
-    let directives = level
-        .map(str::to_owned)
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&directives).map_err(|e| {
-        Failure::new(
-            EXIT_CONFIG,
-            format!("invalid log filter {directives:?}: {e}"),
-        )
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
-    // Already installed (a test calling twice) is harmless.
-    let _ = match (format, bars) {
-        (LogFormat::Json, _) => builder.json().with_writer(std::io::stdout).try_init(),
-        (LogFormat::Text, Some(m)) => builder.with_writer(console::BarsWriter::new(m)).try_init(),
-        (LogFormat::Text, None) => builder.with_writer(std::io::stdout).try_init(),
-    };
+    use service_kit::logging;
+    let filter =
+        logging::log_filter(level).map_err(|e| Failure::new(EXIT_CONFIG, e.to_string()))?;
+    match (format, bars) {
+        (LogFormat::Text, Some(bars)) => {
+            logging::init_logging(format, filter, console::BarsWriter::new(bars));
+        }
+        _ => logging::init_logging(format, filter, std::io::stdout),
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use solana_sources::Pubkey;
 use solana_sources::marginfi;
 
@@ -58,13 +58,7 @@ pub struct Cli {
     pub log_level: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use service_kit::logging::LogFormat;
 
 pub fn parse_program(s: &str) -> Result<Program, String> {
     Program::parse(s.trim()).ok_or_else(|| {

@@ -642,23 +642,8 @@ impl Processor {
 /// Installs the global tracing subscriber on stdout. Filter: `--log-level`
 /// / `LOG_LEVEL`, else `RUST_LOG`, else `info`.
 pub fn init_logging(format: cli::LogFormat, level: Option<&str>) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    let directives = level
-        .map(str::to_owned)
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .map_err(|e| anyhow::anyhow!("invalid log filter {directives:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .with_ansi(std::io::stdout().is_terminal());
-    // Already installed (a test calling twice) is harmless.
-    drop(match format {
-        cli::LogFormat::Text => builder.try_init(),
-        cli::LogFormat::Json => builder.json().try_init(),
-    });
+    let filter = service_kit::logging::log_filter(level)?;
+    service_kit::logging::init_logging(format, filter, std::io::stdout);
     Ok(())
 }
 

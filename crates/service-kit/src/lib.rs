@@ -1,5 +1,8 @@
 //! Small pieces every binary of the system (`store`, `backfillers`,
-//! `realtime-etl`) shares, so their flags accept the same forms.
+//! `realtime-etl`) shares, so their flags accept the same forms and their
+//! logs look alike.
+
+pub mod logging;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 

@@ -1,6 +1,6 @@
 //! Command-line flags and the parsing of addresses and database URLs.
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -157,13 +157,7 @@ pub struct Cli {
     pub shutdown_timeout: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use service_kit::logging::LogFormat;
 
 /// A positive duration such as `30s`, `500ms` or `1m`.
 pub fn parse_heartbeat(s: &str) -> Result<std::time::Duration, String> {

@@ -36,8 +36,8 @@ pub enum Error {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("invalid log filter {filter:?}: {message}")]
-    LogFilter { filter: String, message: String },
+    #[error(transparent)]
+    LogFilter(#[from] service_kit::logging::LogFilterError),
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
     #[error("gRPC server failed: {0}")]
@@ -58,28 +58,8 @@ pub enum Error {
 /// for the one-line fatal error). Filter: `--log-level`/`LOG_LEVEL`, else
 /// `RUST_LOG`, else `info`.
 pub fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), Error> {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-
-    let directives = level
-        .map(str::to_owned)
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&directives).map_err(|e| Error::LogFilter {
-        filter: directives.clone(),
-        message: e.to_string().replace('\n', " "),
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .with_ansi(std::io::stdout().is_terminal());
-    let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    // Already installed (a test calling twice) is harmless.
-    drop(installed);
+    let filter = service_kit::logging::log_filter(level)?;
+    service_kit::logging::init_logging(format, filter, std::io::stdout);
     Ok(())
 }
 
