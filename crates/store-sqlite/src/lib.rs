@@ -647,17 +647,12 @@ impl MarginOfferStore for SqliteStore {
             let w = scope_where(req.filter.as_ref());
             let read = ScopeRead::choose(tx, &w, req.offers.len())?;
             let scope_rows = ScopeRows::load(tx, &w, read, req.offers.len())?;
-            let scope = scope_rows.scope();
+            let mut scope = scope_rows.scope();
             // The planner asks about every new id whether it exists outside
             // the scope; answering from one batched query instead of a
             // lookup per offer saves a statement per created offer.
             let outside = if req.filter.as_ref().is_some_and(|f| !f.is_empty()) {
-                let new_ids = req
-                    .offers
-                    .iter()
-                    .map(|o| o.id.as_str())
-                    .filter(|id| !scope.contains(id))
-                    .collect();
+                let new_ids = scope.ids_not_in(req.offers.iter().map(|o| o.id.as_str()));
                 rows::existing_ids(tx, new_ids)?
             } else {
                 HashSet::new()

@@ -169,17 +169,16 @@ impl ScopeRows {
 
     /// The scope, ready to be taken from by the overwrite planner.
     pub(crate) fn scope(&self) -> CompactScope<'_> {
-        let position = self
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (&self.text[r.id.clone()], i))
-            .collect();
         CompactScope {
             rows: self,
-            position,
+            position: None,
+            next: 0,
             taken: vec![false; self.rows.len()],
         }
+    }
+
+    fn id(&self, i: usize) -> Option<&str> {
+        self.rows.get(i).and_then(|r| self.text.get(r.id.clone()))
     }
 
     fn get(&self, i: usize) -> Option<Stored<'_>> {
@@ -288,18 +287,43 @@ impl StoredOffer for Stored<'_> {
     }
 }
 
-/// A [`ScopeRows`] being planned over: ids found through a map of borrowed
-/// ids, taken rows marked.
+/// A [`ScopeRows`] being planned over: ids found by position, taken rows
+/// marked.
 pub(crate) struct CompactScope<'a> {
     rows: &'a ScopeRows,
-    position: HashMap<&'a str, usize>,
+    /// Row by id; built on the first id that is not where [`Self::next`]
+    /// guesses.
+    position: Option<HashMap<&'a str, usize>>,
+    /// The row after the last one taken.
+    next: usize,
     taken: Vec<bool>,
 }
 
 impl<'a> CompactScope<'a> {
-    /// Whether `id` is in the scope (taken or not).
-    pub(crate) fn contains(&self, id: &str) -> bool {
-        self.position.contains_key(id)
+    /// The row of `id`. Requests often list offers in the order the scope
+    /// is read (by id, within one source), so the row after `*cursor` is
+    /// tried first, and only a miss hashes (and builds the map once).
+    fn find(&mut self, cursor: &mut usize, id: &str) -> Option<usize> {
+        let rows = self.rows;
+        let i = if rows.id(*cursor) == Some(id) {
+            *cursor
+        } else {
+            let position = self.position.get_or_insert_with(|| {
+                (0..rows.rows.len())
+                    .filter_map(|i| rows.id(i).map(|id| (id, i)))
+                    .collect()
+            });
+            *position.get(id)?
+        };
+        *cursor = i + 1;
+        Some(i)
+    }
+
+    /// The ids of `ids` that are not in the scope.
+    pub(crate) fn ids_not_in<'r>(&mut self, ids: impl Iterator<Item = &'r str>) -> Vec<&'r str> {
+        let mut cursor = 0;
+        ids.filter(|id| self.find(&mut cursor, id).is_none())
+            .collect()
     }
 }
 
@@ -307,7 +331,9 @@ impl<'a> OverwriteScope for CompactScope<'a> {
     type Stored = Stored<'a>;
 
     fn take(&mut self, id: &str) -> Option<Stored<'a>> {
-        let &i = self.position.get(id)?;
+        let mut next = self.next;
+        let i = self.find(&mut next, id)?;
+        self.next = next;
         let taken = self.taken.get_mut(i)?;
         if *taken {
             return None;

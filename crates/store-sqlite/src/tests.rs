@@ -818,6 +818,31 @@ async fn compact_scope_holds_the_stored_offers() {
         scope.into_untaken().len()
     });
     assert_eq!(left, [11, 11]);
+    // Found in and out of the scope's order alike.
+    let ids: Vec<String> = offers.iter().map(|o| o.id.clone()).collect();
+    for (missing, left) in with_scope(&store, None, |_, rows| {
+        let mut scope = rows.scope();
+        let asked = [
+            "offer-00002",
+            "x",
+            "offer-00001",
+            "offer-00011",
+            "offer-00003",
+            "y",
+        ];
+        let missing: Vec<String> = scope
+            .ids_not_in(asked.into_iter())
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        // Every id in reverse order, then again in order: taken once each.
+        assert!(ids.iter().rev().all(|id| scope.take(id).is_some()));
+        assert!(ids.iter().all(|id| scope.take(id).is_none()));
+        (missing, scope.into_untaken().len())
+    }) {
+        assert_eq!(missing, ["x", "y"]);
+        assert_eq!(left, 0);
+    }
 }
 
 /// The compact rows' `same_content` and the indexed-column mask agree with
