@@ -300,6 +300,17 @@ fn admit_all(offers: &mut [MarginOffer], validate_all: bool) -> Vec<Option<BulkE
             break;
         }
     }
+    // Valid ids in strictly increasing order (a backfill's usual request)
+    // cannot repeat: no set to build.
+    let mut valid_ids = offers
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| verdict.is_none())
+        .map(|(o, _)| o.id.as_str());
+    let mut previous = valid_ids.next();
+    if valid_ids.all(|id| previous.replace(id) < Some(id)) {
+        return verdicts;
+    }
     let mut seen = HashSet::with_capacity(verdicts.len());
     for ((index, offer), verdict) in offers.iter().enumerate().zip(verdicts.iter_mut()) {
         if verdict.is_none() && !seen.insert(offer.id.as_str()) {
@@ -629,10 +640,11 @@ pub fn plan_overwrite_in<S: OverwriteScope>(
             continue;
         }
         let existing = scope.take(&offer.id);
-        let id = offer.id.clone();
         match stamp_over(offer, existing.as_ref(), now) {
             None => outcome.unchanged_count += 1,
             Some(stored) => {
+                // Copied only here: an unchanged offer needs no copy of its id.
+                let id = stored.id.clone();
                 // The filter check comes first: an offer outside the filter
                 // is INVALID_ARGUMENT whether or not its id exists elsewhere.
                 if let Some(f) = &offer_filter
@@ -779,6 +791,25 @@ mod tests {
         };
         let field = |s: &str| Some(s.to_owned());
         assert_eq!(codes(false), [(1, field("interest_rate"))]);
+        // Sorted ids skip the duplicate search; an equal neighbour is still one.
+        let sorted = |ids: &[&str]| {
+            let offers = ids.iter().map(|&id| MarginOffer::example(id)).collect();
+            let req = OverwriteRequest {
+                offers,
+                validate_all: true,
+                ..Default::default()
+            };
+            plan_overwrite(req, vec![], &mut none, Timestamp(1))
+                .expect("plan")
+                .outcome
+                .errors
+                .iter()
+                .map(|e| e.index)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sorted(&["a", "b", "c"]), Vec::<usize>::new());
+        assert_eq!(sorted(&["a", "b", "b", "c"]), [2]);
+        assert_eq!(sorted(&["b", "a", "b"]), [2]);
         assert_eq!(
             codes(true),
             [
