@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::scope::{ScopeRead, ScopeRows};
+use crate::scope::{SCAN_MIN_REQUEST, ScopeRead, ScopeRows};
 use offer_domain::query::compare_offers;
 use offer_domain::write::{OverwriteScope, StoredOffer};
 use offer_domain::{ChangeType, OfferType, SortField, SortOrder};
@@ -938,22 +938,33 @@ async fn compact_rows_compare_like_the_domain() {
     }
 }
 
-/// A scope of half the table or more is read by a scan of the table, a
-/// smaller one through the filter's index; both plans are what they claim.
+/// `n` offers of source "big" then 100 of source "small", ids in that order.
+fn two_sources(n: usize) -> Vec<MarginOffer> {
+    (0..n + 100)
+        .map(|i| {
+            let mut o = offer(i);
+            o.source = Some(if i < n { "big" } else { "small" }.into());
+            o
+        })
+        .collect()
+}
+
+/// A large request for half the table or more reads its scope by a scan of
+/// the table, others through the filter's index; both plans are what they
+/// claim.
 #[tokio::test]
 async fn scope_read_scans_for_large_scopes_only() {
     let (_dir, store) = open_temp().await;
     store
-        .bulk_create(scope_offers(), Default::default(), &ctx())
+        .bulk_create(two_sources(1100), Default::default(), &ctx())
         .await
         .unwrap();
     let w = scope_where(Some(&OverwriteFilter::source("big")));
     with_writer(&store, |c| {
-        assert_eq!(ScopeRead::choose(c, &w, 6).unwrap(), ScopeRead::Scan);
-        assert_eq!(ScopeRead::choose(c, &w, 5).unwrap(), ScopeRead::Index);
-        assert_eq!(ScopeRead::choose(c, &w, 0).unwrap(), ScopeRead::Index);
-        let all = scope_where(None);
-        assert_eq!(ScopeRead::choose(c, &all, 100).unwrap(), ScopeRead::Index);
+        let choose = |w: &Where, expected| ScopeRead::choose(c, w, expected).unwrap();
+        assert_eq!(choose(&w, SCAN_MIN_REQUEST), ScopeRead::Scan);
+        assert_eq!(choose(&w, SCAN_MIN_REQUEST - 1), ScopeRead::Index);
+        assert_eq!(choose(&scope_where(None), 5000), ScopeRead::Index);
     });
     let scan = query_plan(&store, &ScopeRead::Scan.select_sql(&w), &w.params);
     assert!(scan.starts_with("SCAN offers"), "{scan}");
@@ -966,88 +977,67 @@ async fn scope_read_scans_for_large_scopes_only() {
 #[tokio::test]
 async fn overwrites_read_either_way_keep_to_their_scope() {
     let (_dir, store) = open_temp().await;
-    let offers = scope_offers();
+    let offers = two_sources(1100);
     store
         .bulk_create(offers.clone(), Default::default(), &ctx())
         .await
         .unwrap();
-    let big: Vec<MarginOffer> = offers
-        .iter()
-        .filter(|o| o.source.as_deref() == Some("big"))
-        .cloned()
-        .collect();
-    let small_ids: Vec<String> = offers[8..].iter().map(|o| o.id.clone()).collect();
+    let (big, small) = offers.split_at(1100);
     let req = |offers, source: &str| OverwriteRequest {
         offers,
         filter: Some(OverwriteFilter::source(source)),
         validate_all: true,
         ..Default::default()
     };
-    // A request of 6 for 12 rows: a scan. Four kept, one changed, one new,
-    // three deleted; first with an id of the other scope, refused.
+    // 1 050 offers for 1 200 rows: a scan. One changed, one new, the rest
+    // kept but the last 50, deleted; first with an id of the other scope,
+    // refused.
     let mut changed = big[1].clone();
     changed.max_open_ltv = 0.7;
-    let mut new = offer(99);
+    let mut new = offer(5000);
     new.source = Some("big".into());
-    let mut intruder = offers[9].clone();
+    let mut intruder = small[9].clone();
     intruder.source = Some("big".into());
+    let request = |extra: &MarginOffer| {
+        let mut offers = vec![big[0].clone(), changed.clone(), extra.clone()];
+        offers.extend(big[2..1050].iter().cloned());
+        offers
+    };
+    assert!(request(&new).len() >= SCAN_MIN_REQUEST);
     let refused = store
-        .overwrite(
-            req(
-                vec![
-                    big[0].clone(),
-                    changed.clone(),
-                    intruder,
-                    big[2].clone(),
-                    big[3].clone(),
-                    big[4].clone(),
-                ],
-                "big",
-            ),
-            &ctx(),
-        )
+        .overwrite(req(request(&intruder), "big"), &ctx())
         .await
         .unwrap();
     assert_eq!(refused.errors.len(), 1);
+    assert_eq!(refused.errors[0].index, 2);
     assert_eq!(
         refused.errors[0].code,
         offer_domain::ErrorCode::AlreadyExists
     );
     let out = store
-        .overwrite(
-            req(
-                vec![
-                    big[0].clone(),
-                    changed,
-                    new.clone(),
-                    big[2].clone(),
-                    big[3].clone(),
-                    big[4].clone(),
-                ],
-                "big",
-            ),
-            &ctx(),
-        )
+        .overwrite(req(request(&new), "big"), &ctx())
         .await
         .unwrap();
-    assert_eq!(out.unchanged_count, 4);
+    assert_eq!(out.unchanged_count, 1049);
     assert_eq!(out.updated_ids, [big[1].id.clone()]);
     assert_eq!(out.created_ids, [new.id.clone()]);
-    let deleted: Vec<String> = big[5..].iter().map(|o| o.id.clone()).collect();
+    let deleted: Vec<String> = big[1050..].iter().map(|o| o.id.clone()).collect();
     assert_eq!(out.deleted_ids, deleted);
-    // A request of 1 for 10 rows: through the index.
-    let mut kept = offers[8].clone();
+    // A request of 1: through the index.
+    let mut kept = small[0].clone();
     kept.interest_rate = 0.5;
     let out = store
         .overwrite(req(vec![kept.clone()], "small"), &ctx())
         .await
         .unwrap();
     assert_eq!(out.updated_ids, [kept.id.clone()]);
-    assert_eq!(out.deleted_ids, small_ids[1..]);
+    let deleted: Vec<String> = small[1..].iter().map(|o| o.id.clone()).collect();
+    assert_eq!(out.deleted_ids, deleted);
     let preview = store
         .overwrite_preview(Some(&OverwriteFilter::source("big")))
         .await
         .unwrap();
-    assert_eq!(preview.len(), 6);
+    assert_eq!(preview.len(), 1051);
     assert_eq!(store.get(&kept.id).await.unwrap().interest_rate, 0.5);
+    assert_eq!(store.get(&changed.id).await.unwrap().max_open_ltv, 0.7);
 }
