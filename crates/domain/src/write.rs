@@ -103,11 +103,20 @@ pub fn stamp(
     stored: Option<&MarginOffer>,
     now: Timestamp,
 ) -> Option<MarginOffer> {
+    stamp_over(incoming, stored, now)
+}
+
+/// [`stamp`] over any form of the stored state.
+fn stamp_over<S: StoredOffer + ?Sized>(
+    incoming: MarginOffer,
+    stored: Option<&S>,
+    now: Timestamp,
+) -> Option<MarginOffer> {
     let mut o = incoming;
     match stored {
         Some(s) if s.same_content(&o) => None,
         Some(s) => {
-            o.created_timestamp = s.created_timestamp;
+            o.created_timestamp = s.created_timestamp();
             o.updated_timestamp = Some(now);
             Some(o)
         }
@@ -273,6 +282,42 @@ fn admit(
         return Err(BulkError::duplicate(index, &offer.id));
     }
     Ok(offer)
+}
+
+/// [`admit`] for every offer of a request up front, in place: per offer
+/// its error, if any. Validation stops at the first error unless
+/// `validate_all` (the verdicts then end there). Checking duplicates on
+/// the borrowed ids spares copying every id into the set.
+fn admit_all(offers: &mut [MarginOffer], validate_all: bool) -> Vec<Option<BulkError>> {
+    let mut verdicts = Vec::with_capacity(offers.len());
+    for (index, offer) in offers.iter_mut().enumerate() {
+        let verdict = validate_offer_in_place(offer)
+            .err()
+            .map(|e| BulkError::invalid(index, &offer.id, &e));
+        let stop = verdict.is_some() && !validate_all;
+        verdicts.push(verdict);
+        if stop {
+            break;
+        }
+    }
+    // Valid ids in strictly increasing order (a backfill's usual request)
+    // cannot repeat: no set to build.
+    let mut valid_ids = offers
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| verdict.is_none())
+        .map(|(o, _)| o.id.as_str());
+    let mut previous = valid_ids.next();
+    if valid_ids.all(|id| previous.replace(id) < Some(id)) {
+        return verdicts;
+    }
+    let mut seen = HashSet::with_capacity(verdicts.len());
+    for ((index, offer), verdict) in offers.iter().enumerate().zip(verdicts.iter_mut()) {
+        if verdict.is_none() && !seen.insert(offer.id.as_str()) {
+            *verdict = Some(BulkError::duplicate(index, &offer.id));
+        }
+    }
+    verdicts
 }
 
 pub fn plan_bulk_create(
@@ -473,6 +518,71 @@ pub fn check_overwrite_request(
     Ok(())
 }
 
+/// A stored offer as the overwrite planner compares it: a backend may keep
+/// its scope in a compact form instead of as owned offers.
+pub trait StoredOffer {
+    /// [`MarginOffer::same_content`] of the stored state and `incoming`.
+    fn same_content(&self, incoming: &MarginOffer) -> bool;
+    fn created_timestamp(&self) -> Option<Timestamp>;
+}
+
+impl StoredOffer for MarginOffer {
+    fn same_content(&self, incoming: &MarginOffer) -> bool {
+        MarginOffer::same_content(self, incoming)
+    }
+
+    fn created_timestamp(&self) -> Option<Timestamp> {
+        self.created_timestamp
+    }
+}
+
+/// The stored offers in an overwrite's scope (every offer matching the
+/// filter; the whole store without one).
+pub trait OverwriteScope {
+    type Stored: StoredOffer;
+    /// Removes the stored state of `id` from the scope; `None` when `id` is
+    /// not in scope or was taken already.
+    fn take(&mut self, id: &str) -> Option<Self::Stored>;
+    /// The states never taken, in any order: the offers the overwrite deletes.
+    fn into_untaken(self) -> Vec<MarginOffer>;
+}
+
+/// The scope as owned offers, found by id through a map of positions.
+struct OwnedScope {
+    position: HashMap<String, usize>,
+    offers: Vec<Option<MarginOffer>>,
+}
+
+impl OwnedScope {
+    fn new(in_scope: Vec<MarginOffer>) -> Self {
+        // The offers stay where they are and the map holds their positions:
+        // a small map, and each offer moves once (when taken), not into and
+        // out of the map.
+        let position = in_scope
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.id.clone(), i))
+            .collect();
+        OwnedScope {
+            position,
+            offers: in_scope.into_iter().map(Some).collect(),
+        }
+    }
+}
+
+impl OverwriteScope for OwnedScope {
+    type Stored = MarginOffer;
+
+    fn take(&mut self, id: &str) -> Option<MarginOffer> {
+        let &i = self.position.get(id)?;
+        self.offers.get_mut(i).and_then(Option::take)
+    }
+
+    fn into_untaken(self) -> Vec<MarginOffer> {
+        self.offers.into_iter().flatten().collect()
+    }
+}
+
 /// Plans an overwrite. `in_scope` holds every stored offer matching the
 /// filter (the whole store without one); `lookup` answers for ids outside it.
 pub fn plan_overwrite(
@@ -494,42 +604,47 @@ pub fn plan_overwrite_keeping_replaced(
     lookup: &mut Lookup,
     now: Timestamp,
 ) -> StoreResult<(OverwritePlan, Vec<Option<MarginOffer>>)> {
+    plan_overwrite_in(req, OwnedScope::new(in_scope), lookup, now)
+}
+
+/// [`plan_overwrite_keeping_replaced`] over a scope in any form; the
+/// replaced states are the scope's own.
+pub fn plan_overwrite_in<S: OverwriteScope>(
+    req: OverwriteRequest,
+    mut scope: S,
+    lookup: &mut Lookup,
+    now: Timestamp,
+) -> StoreResult<(OverwritePlan, Vec<Option<S::Stored>>)> {
     check_overwrite_request(req.offers.is_empty(), req.filter.as_ref())?;
     let filter = req.filter.filter(|f| !f.is_empty());
     // Converted once: `OverwriteFilter::matches` would convert per offer.
     let offer_filter = filter.as_ref().map(OverwriteFilter::as_offer_filter);
-    // The offers stay where they are and the map holds their positions:
-    // a small map, and each offer moves once (when taken), not into and
-    // out of the map.
-    let position: HashMap<String, usize> = in_scope
-        .iter()
-        .enumerate()
-        .map(|(i, o)| (o.id.clone(), i))
-        .collect();
-    let mut scope: Vec<Option<MarginOffer>> = in_scope.into_iter().map(Some).collect();
     let mut errors = ItemErrors::new(req.validate_all);
-    let mut seen = HashSet::with_capacity(req.offers.len());
-    let mut plan = WritePlan::default();
-    let mut replaced = Vec::new();
+    let mut offers = req.offers;
+    let mut verdicts = admit_all(&mut offers, req.validate_all);
+    // Sized up front: growing vectors of 100 000 offers copies them again and again.
+    let mut plan = WritePlan {
+        writes: Vec::with_capacity(offers.len()),
+    };
+    let mut replaced = Vec::with_capacity(offers.len());
     let mut outcome = OverwriteOutcome::default();
-    for (index, offer) in req.offers.into_iter().enumerate() {
-        let offer = match admit(index, offer, &mut seen) {
-            Ok(o) => o,
-            Err(e) => {
-                if errors.push(e) {
-                    break;
-                }
-                continue;
-            }
+    for (index, offer) in offers.into_iter().enumerate() {
+        // No verdict: validation stopped at an earlier error, which stops here too.
+        let Some(verdict) = verdicts.get_mut(index) else {
+            break;
         };
-        let existing = position
-            .get(&offer.id)
-            .and_then(|&i| scope.get_mut(i))
-            .and_then(Option::take);
-        let id = offer.id.clone();
-        match stamp(offer, existing.as_ref(), now) {
+        if let Some(e) = verdict.take() {
+            if errors.push(e) {
+                break;
+            }
+            continue;
+        }
+        let existing = scope.take(&offer.id);
+        match stamp_over(offer, existing.as_ref(), now) {
             None => outcome.unchanged_count += 1,
             Some(stored) => {
+                // Copied only here: an unchanged offer needs no copy of its id.
+                let id = stored.id.clone();
                 // The filter check comes first: an offer outside the filter
                 // is INVALID_ARGUMENT whether or not its id exists elsewhere.
                 if let Some(f) = &offer_filter
@@ -579,7 +694,7 @@ pub fn plan_overwrite_keeping_replaced(
         };
         return Ok((failed, Vec::new()));
     }
-    let mut removed: Vec<MarginOffer> = scope.into_iter().flatten().collect();
+    let mut removed = scope.into_untaken();
     removed.sort_by(|a, b| a.id.cmp(&b.id));
     for gone in removed {
         outcome.deleted_ids.push(gone.id.clone());
@@ -646,6 +761,63 @@ mod tests {
             plan_overwrite(req, vec![], &mut none, Timestamp(1)),
             Err(StoreError::InvalidArgument(e)) if e.field == "offers"
         ));
+    }
+
+    /// An invalid offer does not claim its id: a later valid offer of that
+    /// id is admitted, and only a second valid one is a duplicate.
+    #[test]
+    fn overwrite_admits_in_request_order() {
+        let mut bad = MarginOffer::example("b");
+        bad.interest_rate = -1.0;
+        let a = MarginOffer::example("a");
+        let b = MarginOffer::example("b");
+        let offers = vec![a.clone(), bad, a, b.clone(), b];
+        let codes = |validate_all| {
+            let req = OverwriteRequest {
+                offers: offers.clone(),
+                validate_all,
+                ..Default::default()
+            };
+            let (planned, replaced) =
+                plan_overwrite_keeping_replaced(req, vec![], &mut none, Timestamp(1))
+                    .expect("plan");
+            assert!(planned.plan.is_empty() && replaced.is_empty());
+            planned
+                .outcome
+                .errors
+                .iter()
+                .map(|e| (e.index, e.message.split(':').next().map(str::to_owned)))
+                .collect::<Vec<_>>()
+        };
+        let field = |s: &str| Some(s.to_owned());
+        assert_eq!(codes(false), [(1, field("interest_rate"))]);
+        // Sorted ids skip the duplicate search; an equal neighbour is still one.
+        let sorted = |ids: &[&str]| {
+            let offers = ids.iter().map(|&id| MarginOffer::example(id)).collect();
+            let req = OverwriteRequest {
+                offers,
+                validate_all: true,
+                ..Default::default()
+            };
+            plan_overwrite(req, vec![], &mut none, Timestamp(1))
+                .expect("plan")
+                .outcome
+                .errors
+                .iter()
+                .map(|e| e.index)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sorted(&["a", "b", "c"]), Vec::<usize>::new());
+        assert_eq!(sorted(&["a", "b", "b", "c"]), [2]);
+        assert_eq!(sorted(&["b", "a", "b"]), [2]);
+        assert_eq!(
+            codes(true),
+            [
+                (1, field("interest_rate")),
+                (2, field("id")),
+                (4, field("id"))
+            ]
+        );
     }
 
     #[test]

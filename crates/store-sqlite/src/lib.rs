@@ -17,18 +17,20 @@ mod codec;
 mod error;
 mod rows;
 mod schema;
+mod scope;
 mod totals;
 
 use crate::checkpoint::Checkpointer;
 use crate::error::map_err;
 use crate::rows::{OFFER_COLS, Replaced, Where, offer_from_row};
+use crate::scope::{ScopeRead, ScopeRows};
 use crate::totals::TotalCache;
 use async_trait::async_trait;
 use offer_domain::query::ResolvedList;
 use offer_domain::write::{
     self, WritePlan, plan_bulk_create, plan_bulk_create_or_update, plan_bulk_delete,
-    plan_bulk_update, plan_create, plan_create_or_update, plan_delete,
-    plan_overwrite_keeping_replaced, plan_update,
+    plan_bulk_update, plan_create, plan_create_or_update, plan_delete, plan_overwrite_in,
+    plan_update,
 };
 use offer_domain::{
     BulkCreateOptions, BulkDeleteOptions, BulkOutcome, BulkUpdateOptions, BulkUpsertOptions,
@@ -362,28 +364,6 @@ fn scope_where(filter: Option<&OverwriteFilter>) -> Where {
     w
 }
 
-fn load_offers(tx: &Transaction<'_>, w: &Where) -> StoreResult<Vec<MarginOffer>> {
-    let mut stmt = tx
-        .prepare_cached(&format!("SELECT {OFFER_COLS} FROM offers{}", w.sql()))
-        .map_err(map_err)?;
-    let rows = stmt
-        .query_map(params_from_iter(rows::values(&w.params)), |r| {
-            offer_from_row(r, 0)
-        })
-        .map_err(map_err)?;
-    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
-}
-
-/// The ids of `offers` that `scope` does not hold.
-fn ids_not_in<'a>(offers: &'a [MarginOffer], scope: &[MarginOffer]) -> Vec<&'a str> {
-    let in_scope: HashSet<&str> = scope.iter().map(|o| o.id.as_str()).collect();
-    offers
-        .iter()
-        .map(|o| o.id.as_str())
-        .filter(|id| !in_scope.contains(id))
-        .collect()
-}
-
 /// The two statements of a listing, text and parameters.
 struct ListStatements {
     /// The count and earliest expiry of every row the listing selects.
@@ -668,12 +648,16 @@ impl MarginOfferStore for SqliteStore {
         let ctx = ctx.clone();
         self.write(move |tx, now| {
             let dry_run = req.dry_run;
-            let scope = load_offers(tx, &scope_where(req.filter.as_ref()))?;
+            let w = scope_where(req.filter.as_ref());
+            let read = ScopeRead::choose(tx, &w, req.offers.len())?;
+            let scope_rows = ScopeRows::load(tx, &w, read, req.offers.len())?;
+            let mut scope = scope_rows.scope();
             // The planner asks about every new id whether it exists outside
             // the scope; answering from one batched query instead of a
             // lookup per offer saves a statement per created offer.
             let outside = if req.filter.as_ref().is_some_and(|f| !f.is_empty()) {
-                rows::existing_ids(tx, ids_not_in(&req.offers, &scope))?
+                let new_ids = scope.ids_not_in(req.offers.iter().map(|o| o.id.as_str()));
+                rows::existing_ids(tx, new_ids)?
             } else {
                 HashSet::new()
             };
@@ -684,8 +668,7 @@ impl MarginOfferStore for SqliteStore {
                     Ok(None)
                 }
             };
-            let (planned, replaced) =
-                plan_overwrite_keeping_replaced(req, scope, &mut lookup, now)?;
+            let (planned, replaced) = plan_overwrite_in(req, scope, &mut lookup, now)?;
             let mut outcome = planned.outcome;
             if dry_run {
                 outcome.revision = rows::current_revision(tx)?;

@@ -2,7 +2,8 @@
 
 use crate::codec;
 use crate::error::map_err;
-use offer_domain::write::{PlannedWrite, WritePlan};
+use crate::scope::Stored;
+use offer_domain::write::{PlannedWrite, StoredOffer, WritePlan};
 use offer_domain::{
     Change, ChangeType, InterestModel, MarginOffer, OfferType, Revision, StoreError, StoreResult,
     Timestamp, WriteContext,
@@ -238,15 +239,15 @@ const INDEXED: [&str; 8] = [
 
 /// One bit per [`INDEXED`] column whose value `new` changes from `old`
 /// (floats by bits, so even 0.0 to -0.0 is written).
-fn changed_indexed(old: &MarginOffer, new: &MarginOffer) -> u8 {
+pub(crate) fn changed_indexed(old: &Stored<'_>, new: &MarginOffer) -> u8 {
     let changes = [
-        old.collateral_token != new.collateral_token,
-        old.borrow_token != new.borrow_token,
-        old.available_borrow_amount.to_bits() != new.available_borrow_amount.to_bits(),
-        old.interest_rate.to_bits() != new.interest_rate.to_bits(),
-        old.created_timestamp != new.created_timestamp,
-        old.source != new.source,
-        old.lender_address != new.lender_address,
+        old.collateral_token() != new.collateral_token,
+        old.borrow_token() != new.borrow_token,
+        old.available_borrow_amount().to_bits() != new.available_borrow_amount.to_bits(),
+        old.interest_rate().to_bits() != new.interest_rate.to_bits(),
+        old.created_timestamp() != new.created_timestamp,
+        old.source() != new.source.as_deref(),
+        old.lender_address() != new.lender_address.as_deref(),
         old.expires_at() != new.expires_at(),
     ];
     changes
@@ -317,7 +318,7 @@ pub(crate) enum Replaced<'a> {
     Unknown,
     /// Per planned write, the stored state it replaces (`None`: the id is
     /// not stored, or the write is a deletion).
-    Known(&'a [Option<MarginOffer>]),
+    Known(&'a [Option<Stored<'a>>]),
 }
 
 /// Applies `plan` under the next revision and logs one change per write.

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use crate::scope::{SCAN_MIN_REQUEST, ScopeRead, ScopeRows};
 use offer_domain::query::compare_offers;
+use offer_domain::write::{OverwriteScope, StoredOffer};
 use offer_domain::{ChangeType, OfferType, SortField, SortOrder};
 use std::time::Instant;
 
@@ -744,4 +746,298 @@ async fn get_waits_for_a_reader_when_all_are_busy() {
         store.get("missing").await,
         Err(StoreError::NotFound { id }) if id == "missing"
     ));
+}
+
+/// Offers of every shape the compact scope must carry: options absent and
+/// present, negative zero, non-ASCII text.
+fn scope_offers() -> Vec<MarginOffer> {
+    (0..12)
+        .map(|i| {
+            let mut o = offer(i);
+            o.source = Some(if i < 8 { "big" } else { "small" }.into());
+            if i % 2 == 0 {
+                o.term_days = Some(30);
+                o.last_borrowed_timestamp = Some(Timestamp(1_700_000_000_000_000_000));
+            }
+            if i == 5 {
+                o.liquidity_source = "ünïcode-λ".into();
+                o.interest_rate = -0.0;
+            }
+            o
+        })
+        .collect()
+}
+
+/// Reads the scope of `filter` as compact rows, both ways, in a write
+/// transaction as `overwrite` does.
+fn with_scope<T>(
+    store: &SqliteStore,
+    filter: Option<&OverwriteFilter>,
+    f: impl Fn(ScopeRead, &ScopeRows) -> T,
+) -> Vec<T> {
+    with_writer(store, |c| {
+        let w = scope_where(filter);
+        [ScopeRead::Index, ScopeRead::Scan]
+            .into_iter()
+            .map(|read| f(read, &ScopeRows::load(c, &w, read, 0).unwrap()))
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn compact_scope_holds_the_stored_offers() {
+    let (_dir, store) = open_temp().await;
+    let offers = scope_offers();
+    store
+        .bulk_create(offers.clone(), Default::default(), &ctx())
+        .await
+        .unwrap();
+    let mut stored = Vec::new();
+    for o in &offers {
+        stored.push(store.get(&o.id).await.unwrap());
+    }
+    for filter in [None, Some(OverwriteFilter::source("big"))] {
+        let expected: Vec<MarginOffer> = stored
+            .iter()
+            .filter(|o| filter.as_ref().is_none_or(|f| f.matches(o)))
+            .cloned()
+            .collect();
+        for (read, mut got) in with_scope(&store, filter.as_ref(), |read, rows| {
+            (read, rows.scope().into_untaken())
+        }) {
+            got.sort_by(|a, b| a.id.cmp(&b.id));
+            assert_eq!(got, expected, "{read:?} {filter:?}");
+        }
+    }
+    // Taking removes an offer from what is left to delete, once.
+    let left = with_scope(&store, None, |_, rows| {
+        let mut scope = rows.scope();
+        assert!(scope.take("offer-00003").is_some());
+        assert!(scope.take("offer-00003").is_none());
+        assert!(scope.take("absent").is_none());
+        scope.into_untaken().len()
+    });
+    assert_eq!(left, [11, 11]);
+    // Found in and out of the scope's order alike.
+    let ids: Vec<String> = offers.iter().map(|o| o.id.clone()).collect();
+    for (missing, left) in with_scope(&store, None, |_, rows| {
+        let mut scope = rows.scope();
+        let asked = [
+            "offer-00002",
+            "x",
+            "offer-00001",
+            "offer-00011",
+            "offer-00003",
+            "y",
+        ];
+        let missing: Vec<String> = scope
+            .ids_not_in(asked.into_iter())
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        // Every id in reverse order, then again in order: taken once each.
+        assert!(ids.iter().rev().all(|id| scope.take(id).is_some()));
+        assert!(ids.iter().all(|id| scope.take(id).is_none()));
+        (missing, scope.into_untaken().len())
+    }) {
+        assert_eq!(missing, ["x", "y"]);
+        assert_eq!(left, 0);
+    }
+}
+
+/// The compact rows' `same_content` and the indexed-column mask agree with
+/// the domain's rules for a change of each field.
+#[tokio::test]
+async fn compact_rows_compare_like_the_domain() {
+    let (_dir, store) = open_temp().await;
+    let offers = scope_offers();
+    store
+        .bulk_create(offers.clone(), Default::default(), &ctx())
+        .await
+        .unwrap();
+    type Change = fn(&mut MarginOffer);
+    let changes: [(&str, Change); 19] = [
+        ("nothing", |_| {}),
+        ("offer_type", |o| {
+            o.offer_type = OfferType::ALL[(o.offer_type as usize + 1) % 3]
+        }),
+        ("collateral_token", |o| o.collateral_token.push('x')),
+        ("borrow_token", |o| o.borrow_token.push('x')),
+        ("available_borrow_amount", |o| {
+            o.available_borrow_amount += 1.0
+        }),
+        ("max_open_ltv", |o| o.max_open_ltv /= 2.0),
+        ("liquidation_ltv", |o| o.liquidation_ltv = 0.95),
+        ("interest_rate", |o| o.interest_rate = -o.interest_rate),
+        ("interest_model", |o| {
+            o.interest_model = match o.interest_model {
+                offer_domain::InterestModel::Fixed => offer_domain::InterestModel::Floating,
+                _ => offer_domain::InterestModel::Fixed,
+            }
+        }),
+        ("term_days", |o| {
+            o.term_days = o.term_days.map_or(Some(7), |_| None)
+        }),
+        ("liquidity_source", |o| o.liquidity_source.push('x')),
+        ("lender_address", |o| {
+            o.lender_address = o.lender_address.take().map_or(Some("l".into()), |_| None)
+        }),
+        ("last_borrowed_timestamp", |o| {
+            o.last_borrowed_timestamp = Some(Timestamp(1))
+        }),
+        ("source", |o| {
+            o.source = o.source.take().map_or(Some("s".into()), |_| None)
+        }),
+        ("source text", |o| o.source = Some("other".into())),
+        ("id", |o| o.id.push('x')),
+        ("created_timestamp", |o| {
+            o.created_timestamp = Some(Timestamp(3))
+        }),
+        ("updated_timestamp", |o| {
+            o.updated_timestamp = Some(Timestamp(4))
+        }),
+        ("both timestamps", |o| {
+            o.created_timestamp = None;
+            o.updated_timestamp = None;
+        }),
+    ];
+    for o in &offers {
+        let stored = store.get(&o.id).await.unwrap();
+        with_scope(&store, None, |_, rows| {
+            let mut scope = rows.scope();
+            let compact = scope.take(&o.id).unwrap();
+            assert_eq!(compact.to_offer(), stored);
+            assert_eq!(compact.created_timestamp(), stored.created_timestamp);
+            assert_eq!(compact.expires_at(), stored.expires_at());
+            for (field, change) in &changes {
+                let mut incoming = stored.clone();
+                change(&mut incoming);
+                assert_eq!(
+                    compact.same_content(&incoming),
+                    stored.same_content(&incoming),
+                    "{field} of {}",
+                    o.id
+                );
+                let mask = rows::changed_indexed(&compact, &incoming);
+                let expected = [
+                    stored.collateral_token != incoming.collateral_token,
+                    stored.borrow_token != incoming.borrow_token,
+                    stored.available_borrow_amount.to_bits()
+                        != incoming.available_borrow_amount.to_bits(),
+                    stored.interest_rate.to_bits() != incoming.interest_rate.to_bits(),
+                    stored.created_timestamp != incoming.created_timestamp,
+                    stored.source != incoming.source,
+                    stored.lender_address != incoming.lender_address,
+                    stored.expires_at() != incoming.expires_at(),
+                ];
+                for (bit, changed) in expected.into_iter().enumerate() {
+                    assert_eq!(mask & (1 << bit) != 0, changed, "{field} bit {bit}");
+                }
+            }
+        });
+    }
+}
+
+/// `n` offers of source "big" then 100 of source "small", ids in that order.
+fn two_sources(n: usize) -> Vec<MarginOffer> {
+    (0..n + 100)
+        .map(|i| {
+            let mut o = offer(i);
+            o.source = Some(if i < n { "big" } else { "small" }.into());
+            o
+        })
+        .collect()
+}
+
+/// A large request for half the table or more reads its scope by a scan of
+/// the table, others through the filter's index; both plans are what they
+/// claim.
+#[tokio::test]
+async fn scope_read_scans_for_large_scopes_only() {
+    let (_dir, store) = open_temp().await;
+    store
+        .bulk_create(two_sources(1100), Default::default(), &ctx())
+        .await
+        .unwrap();
+    let w = scope_where(Some(&OverwriteFilter::source("big")));
+    with_writer(&store, |c| {
+        let choose = |w: &Where, expected| ScopeRead::choose(c, w, expected).unwrap();
+        assert_eq!(choose(&w, SCAN_MIN_REQUEST), ScopeRead::Scan);
+        assert_eq!(choose(&w, SCAN_MIN_REQUEST - 1), ScopeRead::Index);
+        assert_eq!(choose(&scope_where(None), 5000), ScopeRead::Index);
+    });
+    let scan = query_plan(&store, &ScopeRead::Scan.select_sql(&w), &w.params);
+    assert!(scan.starts_with("SCAN offers"), "{scan}");
+    let index = query_plan(&store, &ScopeRead::Index.select_sql(&w), &w.params);
+    assert!(index.contains("offers_source"), "{index}");
+}
+
+/// Overwrites whose scope is read either way replace exactly their scope:
+/// the other source's offers stay, and their ids cannot be taken over.
+#[tokio::test]
+async fn overwrites_read_either_way_keep_to_their_scope() {
+    let (_dir, store) = open_temp().await;
+    let offers = two_sources(1100);
+    store
+        .bulk_create(offers.clone(), Default::default(), &ctx())
+        .await
+        .unwrap();
+    let (big, small) = offers.split_at(1100);
+    let req = |offers, source: &str| OverwriteRequest {
+        offers,
+        filter: Some(OverwriteFilter::source(source)),
+        validate_all: true,
+        ..Default::default()
+    };
+    // 1 050 offers for 1 200 rows: a scan. One changed, one new, the rest
+    // kept but the last 50, deleted; first with an id of the other scope,
+    // refused.
+    let mut changed = big[1].clone();
+    changed.max_open_ltv = 0.7;
+    let mut new = offer(5000);
+    new.source = Some("big".into());
+    let mut intruder = small[9].clone();
+    intruder.source = Some("big".into());
+    let request = |extra: &MarginOffer| {
+        let mut offers = vec![big[0].clone(), changed.clone(), extra.clone()];
+        offers.extend(big[2..1050].iter().cloned());
+        offers
+    };
+    assert!(request(&new).len() >= SCAN_MIN_REQUEST);
+    let refused = store
+        .overwrite(req(request(&intruder), "big"), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(refused.errors.len(), 1);
+    assert_eq!(refused.errors[0].index, 2);
+    assert_eq!(
+        refused.errors[0].code,
+        offer_domain::ErrorCode::AlreadyExists
+    );
+    let out = store
+        .overwrite(req(request(&new), "big"), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(out.unchanged_count, 1049);
+    assert_eq!(out.updated_ids, [big[1].id.clone()]);
+    assert_eq!(out.created_ids, [new.id.clone()]);
+    let deleted: Vec<String> = big[1050..].iter().map(|o| o.id.clone()).collect();
+    assert_eq!(out.deleted_ids, deleted);
+    // A request of 1: through the index.
+    let mut kept = small[0].clone();
+    kept.interest_rate = 0.5;
+    let out = store
+        .overwrite(req(vec![kept.clone()], "small"), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(out.updated_ids, [kept.id.clone()]);
+    let deleted: Vec<String> = small[1..].iter().map(|o| o.id.clone()).collect();
+    assert_eq!(out.deleted_ids, deleted);
+    let preview = store
+        .overwrite_preview(Some(&OverwriteFilter::source("big")))
+        .await
+        .unwrap();
+    assert_eq!(preview.len(), 1051);
+    assert_eq!(store.get(&kept.id).await.unwrap().interest_rate, 0.5);
+    assert_eq!(store.get(&changed.id).await.unwrap().max_open_ltv, 0.7);
 }
