@@ -8,6 +8,7 @@
 //! calls finish (bounded by `--shutdown-timeout`), then the store is closed so
 //! the database is left clean.
 
+pub mod allocator;
 pub mod archive;
 pub mod cli;
 pub mod database;

@@ -8,12 +8,13 @@ use store_server::cli::Cli;
 
 /// glibc malloc keeps freed memory in its per-thread arenas, so the store's
 /// RSS stayed near the peak of its largest overwrite; mimalloc purges freed
-/// pages back to the OS and is faster on the many small allocations of
-/// offers (see BENCHMARKS.md).
+/// pages back to the OS (at once: `store_server::allocator`) and is faster
+/// on the many small allocations of offers (see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    store_server::allocator::return_freed_memory_promptly();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
