@@ -129,7 +129,7 @@ async fn durability_pragmas_are_applied() {
         let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!(sync, 2);
         let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
-        assert_eq!(page, 16384, "a new file takes the larger pages");
+        assert_eq!(page, 8192, "a new file takes the larger pages");
     });
     // Readers see the WAL mode too (it is persistent in the file).
     let mode = store
