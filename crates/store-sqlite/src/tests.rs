@@ -41,6 +41,12 @@ fn with_writer<T>(store: &SqliteStore, f: impl FnOnce(&Connection) -> T) -> T {
     f(&guard.as_ref().unwrap().conn)
 }
 
+/// The schema version recorded in the file.
+fn user_version(conn: &Connection) -> i64 {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn data_and_revision_survive_close_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,10 +98,7 @@ async fn migrations_are_idempotent() {
         let conn = &mut guard.as_mut().unwrap().conn;
         schema::migrate(conn).unwrap();
         schema::migrate(conn).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, schema::SCHEMA_VERSION);
+        assert_eq!(user_version(conn), schema::SCHEMA_VERSION);
     }
     store.close().await.unwrap();
     let store = SqliteStore::open(dir.path().join("offers.db"))
@@ -533,11 +536,7 @@ async fn a_version_1_file_is_migrated() {
         .unwrap();
     }
     let store = SqliteStore::open(&path).await.unwrap();
-    let version: i64 = with_writer(&store, |c| {
-        c.query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap()
-    });
-    assert_eq!(version, schema::SCHEMA_VERSION);
+    assert_eq!(with_writer(&store, user_version), schema::SCHEMA_VERSION);
     let mut q = ListQuery {
         sort_by: SortField::InterestRate,
         sort_order: SortOrder::Asc,
@@ -559,10 +558,7 @@ async fn a_version_2_change_log_is_converted() {
     {
         let mut conn = Connection::open(&path).unwrap();
         schema::migrate_to(&mut conn, 2).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(user_version(&conn), 2);
         // Revision 7 (two changes, the second with every optional field
         // NULL) and revision 8, as v2 wrote them.
         conn.execute_batch(
@@ -585,11 +581,7 @@ async fn a_version_2_change_log_is_converted() {
         .unwrap();
     }
     let store = SqliteStore::open(&path).await.unwrap();
-    let version: i64 = with_writer(&store, |c| {
-        c.query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap()
-    });
-    assert_eq!(version, schema::SCHEMA_VERSION);
+    assert_eq!(with_writer(&store, user_version), schema::SCHEMA_VERSION);
     // Resume points before the log's start are still refused.
     assert!(matches!(
         store.changes_since(5, 100).await,
