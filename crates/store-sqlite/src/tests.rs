@@ -760,6 +760,17 @@ fn scope_offers() -> Vec<MarginOffer> {
         .collect()
 }
 
+/// A new store holding [`scope_offers`], and those offers.
+async fn store_with_scope_offers() -> (tempfile::TempDir, SqliteStore, Vec<MarginOffer>) {
+    let (dir, store) = open_temp().await;
+    let offers = scope_offers();
+    store
+        .bulk_create(offers.clone(), Default::default(), &ctx())
+        .await
+        .unwrap();
+    (dir, store, offers)
+}
+
 /// Reads the scope of `filter` as compact rows, both ways, in a write
 /// transaction as `overwrite` does.
 fn with_scope<T>(
@@ -778,12 +789,7 @@ fn with_scope<T>(
 
 #[tokio::test]
 async fn compact_scope_holds_the_stored_offers() {
-    let (_dir, store) = open_temp().await;
-    let offers = scope_offers();
-    store
-        .bulk_create(offers.clone(), Default::default(), &ctx())
-        .await
-        .unwrap();
+    let (_dir, store, offers) = store_with_scope_offers().await;
     let mut stored = Vec::new();
     for o in &offers {
         stored.push(store.get(&o.id).await.unwrap());
@@ -841,12 +847,7 @@ async fn compact_scope_holds_the_stored_offers() {
 /// the domain's rules for a change of each field.
 #[tokio::test]
 async fn compact_rows_compare_like_the_domain() {
-    let (_dir, store) = open_temp().await;
-    let offers = scope_offers();
-    store
-        .bulk_create(offers.clone(), Default::default(), &ctx())
-        .await
-        .unwrap();
+    let (_dir, store, offers) = store_with_scope_offers().await;
     type Change = fn(&mut MarginOffer);
     let changes: [(&str, Change); 19] = [
         ("nothing", |_| {}),
