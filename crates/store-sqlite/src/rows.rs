@@ -5,8 +5,7 @@ use crate::error::map_err;
 use crate::scope::Stored;
 use offer_domain::write::{PlannedWrite, StoredOffer, WritePlan};
 use offer_domain::{
-    Change, ChangeType, InterestModel, MarginOffer, OfferType, Revision, StoreError, StoreResult,
-    Timestamp, WriteContext,
+    Change, ChangeType, MarginOffer, Revision, StoreError, StoreResult, Timestamp, WriteContext,
 };
 use rusqlite::types::{Type, Value};
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Row, Statement, params};
@@ -37,25 +36,29 @@ fn conversion(idx: usize, what: &str, got: &str) -> rusqlite::Error {
     )
 }
 
+/// Column `idx`, an enum stored as its text (`what` names it in the
+/// error). Parsed from the borrowed text: no String per enum column.
+pub(crate) fn enum_column<T: std::str::FromStr<Err = ()>>(
+    row: &Row<'_>,
+    idx: usize,
+    what: &str,
+) -> rusqlite::Result<T> {
+    let text = row.get_ref(idx)?.as_str()?;
+    text.parse().map_err(|()| conversion(idx, what, text))
+}
+
 /// Reads an offer from the [`OFFER_COLS`] starting at column `base`.
 pub(crate) fn offer_from_row(row: &Row<'_>, base: usize) -> rusqlite::Result<MarginOffer> {
-    // Parsed from the borrowed text: no String per enum column.
-    let offer_type = row.get_ref(base + 1)?.as_str()?;
-    let interest_model = row.get_ref(base + 8)?.as_str()?;
     Ok(MarginOffer {
         id: row.get(base)?,
-        offer_type: offer_type
-            .parse::<OfferType>()
-            .map_err(|()| conversion(base + 1, "offer_type", offer_type))?,
+        offer_type: enum_column(row, base + 1, "offer_type")?,
         collateral_token: row.get(base + 2)?,
         borrow_token: row.get(base + 3)?,
         available_borrow_amount: row.get(base + 4)?,
         max_open_ltv: row.get(base + 5)?,
         liquidation_ltv: row.get(base + 6)?,
         interest_rate: row.get(base + 7)?,
-        interest_model: interest_model
-            .parse::<InterestModel>()
-            .map_err(|()| conversion(base + 8, "interest_model", interest_model))?,
+        interest_model: enum_column(row, base + 8, "interest_model")?,
         term_days: row.get(base + 9)?,
         liquidity_source: row.get(base + 10)?,
         lender_address: row.get(base + 11)?,

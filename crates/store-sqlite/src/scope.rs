@@ -8,10 +8,10 @@
 //! overwrite deletes become owned offers.
 
 use crate::error::map_err;
-use crate::rows::{OFFER_COLS, Where, values};
+use crate::rows::{OFFER_COLS, Where, enum_column, values};
 use offer_domain::write::{OverwriteScope, StoredOffer};
 use offer_domain::{InterestModel, MarginOffer, OfferType, StoreResult, Timestamp};
-use rusqlite::types::{Type, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row, params_from_iter};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -40,14 +40,6 @@ pub(crate) struct StoredRow {
 pub(crate) struct ScopeRows {
     text: String,
     rows: Vec<StoredRow>,
-}
-
-fn invalid(idx: usize, what: &str, got: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        idx,
-        Type::Text,
-        format!("stored {what} {got:?} is not valid").into(),
-    )
 }
 
 /// How the scope is read.
@@ -144,24 +136,18 @@ impl ScopeRows {
         };
         let lender_address = put_opt(11)?;
         let source = put_opt(15)?;
-        let offer_type = row.get_ref(1)?.as_str()?;
-        let interest_model = row.get_ref(8)?.as_str()?;
         let timestamp =
             |idx| -> rusqlite::Result<_> { Ok(row.get::<_, Option<i64>>(idx)?.map(Timestamp)) };
         Ok(StoredRow {
             id,
-            offer_type: offer_type
-                .parse()
-                .map_err(|()| invalid(1, "offer_type", offer_type))?,
+            offer_type: enum_column(row, 1, "offer_type")?,
             collateral_token,
             borrow_token,
             available_borrow_amount: row.get(4)?,
             max_open_ltv: row.get(5)?,
             liquidation_ltv: row.get(6)?,
             interest_rate: row.get(7)?,
-            interest_model: interest_model
-                .parse()
-                .map_err(|()| invalid(8, "interest_model", interest_model))?,
+            interest_model: enum_column(row, 8, "interest_model")?,
             term_days: row.get(9)?,
             liquidity_source,
             lender_address,
