@@ -271,23 +271,11 @@ fn success(processed_ids: Vec<String>, plan: WritePlan) -> BulkPlan {
     }
 }
 
-/// Validates an item and checks it is the first of its id in the request.
-fn admit(
-    index: usize,
-    mut offer: MarginOffer,
-    seen: &mut HashSet<String>,
-) -> Result<MarginOffer, BulkError> {
-    validate_offer_in_place(&mut offer).map_err(|e| BulkError::invalid(index, &offer.id, &e))?;
-    if !seen.insert(offer.id.clone()) {
-        return Err(BulkError::duplicate(index, &offer.id));
-    }
-    Ok(offer)
-}
-
-/// [`admit`] for every offer of a request up front, in place: per offer
-/// its error, if any. Validation stops at the first error unless
-/// `validate_all` (the verdicts then end there). Checking duplicates on
-/// the borrowed ids spares copying every id into the set.
+/// Validates every offer of a request up front, in place, and checks each
+/// valid one is the first valid offer of its id: per offer its error, if
+/// any. Validation stops at the first error unless `validate_all` (the
+/// verdicts then end there, and so must the planner's loop). Checking
+/// duplicates on the borrowed ids spares copying every id into a set.
 fn admit_all(offers: &mut [MarginOffer], validate_all: bool) -> Vec<Option<BulkError>> {
     let mut verdicts = Vec::with_capacity(offers.len());
     for (index, offer) in offers.iter_mut().enumerate() {
@@ -328,19 +316,21 @@ pub fn plan_bulk_create(
 ) -> StoreResult<BulkPlan> {
     let items = offers.len();
     let mut errors = ItemErrors::new(opts.validate_all);
-    let mut seen = HashSet::with_capacity(items);
+    let mut offers = offers;
+    let mut verdicts = admit_all(&mut offers, opts.validate_all);
     let mut plan = WritePlan::default();
     let mut processed = Vec::with_capacity(items);
     for (index, offer) in offers.into_iter().enumerate() {
-        let offer = match admit(index, offer, &mut seen) {
-            Ok(o) => o,
-            Err(e) => {
-                if errors.push(e) {
-                    break;
-                }
-                continue;
-            }
+        // No verdict: validation stopped at an earlier error, which stops here too.
+        let Some(verdict) = verdicts.get_mut(index) else {
+            break;
         };
+        if let Some(e) = verdict.take() {
+            if errors.push(e) {
+                break;
+            }
+            continue;
+        }
         if lookup(&offer.id)?.is_some() {
             if opts.ignore_conflicts {
                 continue;
@@ -430,19 +420,21 @@ pub fn plan_bulk_create_or_update(
 ) -> StoreResult<BulkPlan> {
     let items = offers.len();
     let mut errors = ItemErrors::new(opts.validate_all);
-    let mut seen = HashSet::with_capacity(items);
+    let mut offers = offers;
+    let mut verdicts = admit_all(&mut offers, opts.validate_all);
     let mut plan = WritePlan::default();
     let mut processed = Vec::with_capacity(items);
     for (index, offer) in offers.into_iter().enumerate() {
-        let offer = match admit(index, offer, &mut seen) {
-            Ok(o) => o,
-            Err(e) => {
-                if errors.push(e) {
-                    break;
-                }
-                continue;
-            }
+        // No verdict: validation stopped at an earlier error, which stops here too.
+        let Some(verdict) = verdicts.get_mut(index) else {
+            break;
         };
+        if let Some(e) = verdict.take() {
+            if errors.push(e) {
+                break;
+            }
+            continue;
+        }
         let existing = lookup(&offer.id)?;
         processed.push(offer.id.clone());
         let change_type = if existing.is_some() {
